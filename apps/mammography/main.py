@@ -1,0 +1,100 @@
+"""MammoLabel: the MONAI Label app serving the MammoLabel tasks.
+
+Each ``lib/configs/<model>.py`` holds one ``TaskConfig``; ``--conf models all`` (the default) or a
+comma-separated list picks which are served. The work itself lives in the ``mammolabel`` library.
+"""
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+import lib.configs
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.others.class_utils import get_class_names
+
+import mammolabel
+from mammolabel.data.datastore import MammoDatastore, check_name
+from mammolabel.errors import InputError, NotFoundError
+from mammolabel.tasks.server import install_error_handlers
+
+logger = logging.getLogger(__name__)
+
+
+class MammoLabelApp(MONAILabelApp):
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        self.model_dir = os.path.join(app_dir, "model")
+        configs = {c.split(".")[-2].lower(): c for c in get_class_names(lib.configs, "TaskConfig")}
+        wanted = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
+        unknown = [m for m in wanted if m != "all" and m not in configs]
+        if unknown:
+            raise InputError(f"unknown model(s) {unknown}; available: all, {', '.join(sorted(configs))}")
+        self.models: dict[str, TaskConfig] = {}
+        for name, cls_path in sorted(configs.items()):
+            if "all" in wanted or name in wanted:
+                module, cls = cls_path.rsplit(".", 1)
+                self.models[name] = getattr(__import__(module, fromlist=[cls]), cls)()
+                self.models[name].init(name, self.model_dir, conf, None)
+        logger.info(f"+++ MammoLabel models: {list(self.models)}")
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name=f"MammoLabel ({mammolabel.__version__})",
+            description="Mammography: lesion heatmaps, points and segmentations from weak labels",
+            version=mammolabel.__version__,
+        )
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return MammoDatastore(self.studies, auto_reload=True)
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers: dict[str, InferTask] = {}
+        for config in self.models.values():
+            task = config.infer()
+            infers.update(task if isinstance(task, dict) else {config.name: task})
+        return infers
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        trainers: dict[str, TrainTask] = {}
+        for config in self.models.values():
+            task = config.trainer()
+            if task:
+                trainers.update(task if isinstance(task, dict) else {config.name: task})
+        return trainers
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
+        for config in self.models.values():
+            s = config.strategy()
+            if s:
+                strategies.update(s if isinstance(s, dict) else {config.name: s})
+        return strategies
+
+    def on_init_complete(self) -> None:
+        super().on_init_complete()
+        from monailabel.app import app as server
+
+        install_error_handlers(server)
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """Refuse unknown image ids with a 404 before MONAI Label turns them into a path.
+
+        A path is accepted only for a file the server itself received (an upload in the temp folder).
+        """
+        image = request.get("image")
+        uploaded = isinstance(image, str) and os.path.dirname(image) == tempfile.gettempdir() and os.path.isfile(image)
+        if isinstance(image, str) and not uploaded:
+            check_name(image, "image id")
+            if image not in (datastore or self.datastore()).list_images():
+                raise NotFoundError(f"image '{image}' is not in the datastore")
+        return super().infer(request, datastore)

@@ -1,0 +1,178 @@
+"""The ``mammolabel`` command: make-phantoms, import-mias, train, infer, evaluate, benchmark.
+
+Errors a user can fix (bad file, unknown task, missing checkpoint) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from mammolabel.errors import MammoLabelError
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _make_phantoms(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.data.phantoms import write_phantom_study
+
+    truth = write_phantom_study(args.dir, n=args.n, seed=args.seed, shape=(args.rows, args.cols),
+                                mask_fraction=args.mask_fraction, dicom=not args.no_dicom)
+    findings = [v["finding"] for v in truth["images"].values()]
+    return {"dir": str(args.dir), "images": len(findings), **{f: findings.count(f) for f in sorted(set(findings))}}
+
+
+def _import_mias(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.data.mias import import_mias
+
+    summary = import_mias(args.mias_dir, args.datastore)
+    for problem in summary["problems"]:
+        print(f"warning: {problem}", file=sys.stderr)
+    return {k: v for k, v in summary.items() if k != "problems"} | {"problems": len(summary["problems"])}
+
+
+def _infer_task(name: str, checkpoint: str | None):
+    from mammolabel.tasks import infer_tasks, lookup
+
+    cls = lookup(infer_tasks(), name, "infer task")
+    return cls(path=checkpoint) if checkpoint else cls()
+
+
+def _infer(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.engines.evaluate import run_task
+    from mammolabel.io import read_mammogram, write_labelmap
+    from mammolabel.metrics.pictures import save_overlay
+
+    task = _infer_task(args.task, args.checkpoint)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for image in args.images:
+        labelmap, result = run_task(task, image, args.device)
+        stem = Path(image).name.split(".")[0]
+        write_labelmap(out / f"{stem}.{args.task}.nrrd", labelmap, result.get("spacing"))
+        (out / f"{stem}.{args.task}.json").write_text(json.dumps(result, indent=2, default=float))
+        points = [(p["x"], p["y"]) for p in result.get("points", [])]
+        save_overlay(out / f"{stem}.{args.task}.png", read_mammogram(image).pixels, labelmap=labelmap, points=points)
+        results[image] = str(out / f"{stem}.{args.task}.nrrd")
+    return {"task": args.task, "outputs": results}
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.data.datastore import MammoDatastore
+    from mammolabel.tasks import lookup, train_tasks
+
+    cls = lookup(train_tasks(), args.task, "train task")
+    out = Path(args.out)
+    task = cls(model_dir=out.parent)
+    request = dict(args.set or [])
+    request.update(checkpoint=str(out), device=args.device)
+    if args.epochs is not None:
+        request["epochs"] = args.epochs
+    return task(request, MammoDatastore(args.studies, read_only=True))
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.data.datastore import MammoDatastore, collect_labels
+    from mammolabel.engines.checkpoint import load_checkpoint
+    from mammolabel.engines.evaluate import evaluate
+
+    task = _infer_task(args.task, args.checkpoint)
+    ids = None
+    if args.split == "val":
+        if not args.checkpoint:
+            raise MammoLabelError("--split val needs --checkpoint (the validation images are recorded in it)")
+        ids = set(load_checkpoint(args.checkpoint).get("val_images", []))
+    inventory = collect_labels(MammoDatastore(args.studies, read_only=True))
+    metrics = evaluate(task, inventory, args.out, device=args.device, image_ids=ids)
+    return {k: v for k, v in metrics.items() if k != "rows"}
+
+
+def _benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.engines.benchmark import run_benchmarks
+
+    return run_benchmarks(args.out, device=args.device, tasks=args.task, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mammolabel", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("make-phantoms", help="write a synthetic study set (PNG datastore + DICOM MG)")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--n", type=int, default=12)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rows", type=int, default=512)
+    s.add_argument("--cols", type=int, default=416)
+    s.add_argument("--mask-fraction", type=float, default=1.0, help="lesion images given a mask (others a box)")
+    s.add_argument("--no-dicom", action="store_true", help="skip the DICOM MG copies")
+    s.set_defaults(func=_make_phantoms)
+
+    s = sub.add_parser("import-mias", help="import a MIAS folder (Info.txt + PGM/PNG) into a datastore")
+    s.add_argument("mias_dir", type=Path)
+    s.add_argument("datastore", type=Path)
+    s.set_defaults(func=_import_mias)
+
+    s = sub.add_parser("train", help="run a train task on a datastore")
+    s.add_argument("task")
+    s.add_argument("--studies", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path, help="checkpoint to write")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--set", type=_key_value, action="append", metavar="KEY=VALUE", help="task option")
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("infer", help="run an infer task on image files")
+    s.add_argument("task")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--checkpoint")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_infer)
+
+    s = sub.add_parser("evaluate", help="metrics.json, overlays and ROC plot of a task on a datastore")
+    s.add_argument("task")
+    s.add_argument("--studies", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--checkpoint")
+    s.add_argument("--split", choices=("all", "val"), default="all", help="val: the checkpoint's validation images")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("benchmark", help="latency, memory and FLOPs of the tasks; writes benchmark.json")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--task", action="append", help="only these tasks (repeatable)")
+    s.add_argument("--quick", action="store_true", help="fewer repeats (for tests)")
+    s.set_defaults(func=_benchmark)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        result = args.func(args)
+    except MammoLabelError as e:
+        print(f"mammolabel: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mammolabel: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

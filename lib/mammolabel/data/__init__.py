@@ -1,0 +1,1 @@
+"""Datasets, the weak-label model, the datastore reader, phantoms and importers."""

@@ -1,0 +1,181 @@
+"""MONAI Label datastore with validated, atomic label saves, and the one reader trainers use.
+
+:class:`MammoDatastore` is MONAI Label's ``LocalDatastore`` with three changes: every image and
+label is checked before it is stored (bad input raises :class:`InputError`, the datastore is left
+unchanged); files and the datastore index are written atomically; and the weak-label tags of
+:mod:`mammolabel.data.labels` are understood (``finding`` JSON, ``box`` masks turned into boxes).
+
+:func:`collect_labels` reads every label an image has, from any MONAI Label datastore.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, LocalDatastore
+from monailabel.interfaces.datastore import Datastore
+
+from mammolabel.data.labels import (
+    TAG_BOX,
+    TAG_FINDING,
+    TAG_MASK,
+    ImageLabels,
+    box_centres,
+    boxes_from_mask,
+    check_finding,
+)
+from mammolabel.errors import InputError, NotFoundError
+from mammolabel.io import atomic_path, read_label, read_mammogram
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = ["*.png", "*.pgm", "*.dcm", "*.nii.gz", "*.nii", "*.nrrd"]
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_name(value: str, what: str) -> str:
+    """Refuse ids and tags that could leave the datastore folder (``..``, ``/``) or are empty."""
+    if not isinstance(value, str) or not _SAFE_NAME.match(value) or ".." in value:
+        raise InputError(f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' only")
+    return value
+
+
+class MammoDatastore(LocalDatastore):
+    """Local datastore for mammograms with validated and atomic saves (see module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, auto_reload: bool = False, read_only: bool = False):
+        super().__init__(str(path), extensions=EXTENSIONS, auto_reload=auto_reload, read_only=read_only)
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        def write() -> None:
+            self._ignore_event_config = True
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            with atomic_path(self._datastore_config_path) as tmp, open(tmp, "w") as f:
+                f.write(text)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
+
+    def image_shape(self, image_id: str) -> tuple[int, int]:
+        """(rows, cols) of a stored image."""
+        uri = self.get_image_uri(image_id)
+        if not uri:
+            raise NotFoundError(f"image '{image_id}' is not in the datastore")
+        return read_mammogram(uri).shape
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        if image_id:
+            check_name(image_id, "image id")
+        read_mammogram(image_filename)  # raises InputError for anything that is not a usable mammogram
+        return super().add_image(image_id, image_filename, image_info)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        check_name(image_id, "image id")
+        check_name(label_tag, "label tag")
+        if image_id not in self._datastore.objects:
+            raise NotFoundError(f"image '{image_id}' is not in the datastore")
+        info = dict(label_info or {})
+        if label_tag == TAG_FINDING:
+            return self._save_finding(image_id, label_filename, info)
+        mask = read_label(label_filename, self.image_shape(image_id))
+        boxes = boxes_from_mask(mask)
+        if label_tag == TAG_BOX and not boxes:
+            raise InputError(f"box label for '{image_id}' is empty: paint or draw at least one region")
+        info.update(boxes=boxes, points=info.get("points") or box_centres(boxes))
+        _, ext = self._to_id(os.path.basename(label_filename))
+        return self._store(image_id, label_tag, ext, info, lambda tmp: shutil.copyfile(label_filename, tmp))
+
+    def _save_finding(self, image_id: str, label_filename: str | None, info: dict[str, Any]) -> str:
+        """A finding arrives in the label info (params) or as a JSON document in the label file."""
+        if label_filename and os.path.exists(label_filename) and os.path.getsize(label_filename):
+            try:
+                doc = json.loads(Path(label_filename).read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise InputError(f"finding label for '{image_id}' must be a JSON document ({e})") from e
+            if not isinstance(doc, dict):
+                raise InputError(f"finding label for '{image_id}' must be a JSON object")
+            info = {**doc, **info}
+        info["finding"] = check_finding(info.get("finding"))
+        text = json.dumps({k: v for k, v in info.items() if k not in ("ts", "name")}, indent=1)
+        return self._store(image_id, TAG_FINDING, ".json", info, lambda tmp: Path(tmp).write_text(text))
+
+    def _store(self, image_id: str, tag: str, ext: str, info: dict[str, Any], write) -> str:
+        label_dir = Path(self._datastore.label_path(tag))
+        dest = label_dir / f"{image_id}{ext}"
+        with FileLock(self._lock_file):
+            label_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dest) as tmp:
+                write(tmp)
+            obj = self._datastore.objects[image_id]
+            old = obj.labels.get(tag)
+            if old is not None and old.ext != ext:
+                (label_dir / f"{image_id}{old.ext}").unlink(missing_ok=True)
+            info.update(ts=int(time.time()), name=dest.name)
+            obj.labels[tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file(lock=False)
+        logger.info(f"Saved label '{tag}' for '{image_id}'")
+        return image_id
+
+
+@dataclass
+class LabelInventory:
+    """Every image of a datastore with its labels, and how many labels of each kind exist."""
+
+    images: list[ImageLabels]
+    counts: Counter = field(default_factory=Counter)
+
+    def select(self, needs: str) -> tuple[list[ImageLabels], dict[str, int]]:
+        """Images that have a label of kind ``needs`` (finding/box/mask/point), and a usage report."""
+        used = [r for r in self.images if needs in r.kinds]
+        report = {f"labels_{kind}": n for kind, n in sorted(self.counts.items())}
+        report.update(needs=needs, used=len(used), skipped=len(self.images) - len(used))
+        return used, report
+
+
+def collect_labels(datastore: Datastore) -> LabelInventory:
+    """Read every label of every image of ``datastore`` (any MONAI Label datastore).
+
+    A finding comes from the ``finding`` label (or from the image info), boxes from the ``box``
+    label (or from the mask), points from either, the mask from ``final``.
+    """
+    images, counts = [], Counter()
+    for image_id in sorted(datastore.list_images()):
+        info = datastore.get_image_info(image_id)
+        tags = datastore.get_labels_by_image_id(image_id)
+        rec = ImageLabels(
+            image_id=image_id,
+            image_path=datastore.get_image_uri(image_id),
+            patient_id=str(info.get("patient_id") or image_id),
+        )
+        finding_info = datastore.get_label_info(image_id, TAG_FINDING) if TAG_FINDING in tags else {}
+        finding = finding_info.get("finding") or info.get("finding")
+        rec.finding = check_finding(finding) if finding else None
+        rec.lesion_types = list(finding_info.get("lesion_types") or info.get("lesion_types") or [])
+        rec.radii = [float(r) for r in finding_info.get("radii") or []]
+        if TAG_BOX in tags:
+            box_info = datastore.get_label_info(image_id, TAG_BOX)
+            rec.boxes = [list(map(int, b)) for b in box_info.get("boxes", [])]
+            rec.box_path = datastore.get_label_uri(image_id, TAG_BOX)
+            rec.points = [list(map(float, p)) for p in box_info.get("points", [])]
+        if TAG_MASK in tags:
+            rec.mask_path = datastore.get_label_uri(image_id, TAG_MASK)
+            mask_info = datastore.get_label_info(image_id, TAG_MASK)
+            rec.boxes = rec.boxes or [list(map(int, b)) for b in mask_info.get("boxes", [])]
+        rec.points = rec.points or [list(map(float, p)) for p in finding_info.get("points", [])]
+        counts.update(rec.kinds or {"unlabelled"})
+        images.append(rec)
+    return LabelInventory(images, counts)

@@ -1,0 +1,38 @@
+"""Patient-wise, finding-stratified train/validation split."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from mammolabel.data.labels import FINDINGS, ImageLabels
+
+
+def split_by_patient(
+    records: list[ImageLabels], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[ImageLabels], list[ImageLabels]]:
+    """Split so that all images of a patient land on the same side.
+
+    Patients are grouped by their most severe finding and each group is split in the same
+    proportion, so both sides see every finding. The same records and seed give the same split.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError("val_fraction must lie in [0, 1)")
+    severity = {f: i for i, f in enumerate(FINDINGS)}
+    patients: dict[str, list[ImageLabels]] = defaultdict(list)
+    for r in records:
+        patients[r.patient_id].append(r)
+    groups: dict[int, list[str]] = defaultdict(list)
+    for pid, recs in sorted(patients.items()):
+        groups[max(severity.get(r.finding or "normal", 0) for r in recs)].append(pid)
+    rng = np.random.default_rng(seed)
+    val_ids: set[str] = set()
+    for _, pids in sorted(groups.items()):
+        order = [pids[i] for i in rng.permutation(len(pids))]
+        n_val = math.floor(len(order) * val_fraction + 0.5) if len(order) > 1 else 0
+        val_ids.update(order[:n_val])
+    train = [r for r in records if r.patient_id not in val_ids]
+    val = [r for r in records if r.patient_id in val_ids]
+    return train, val

@@ -1,0 +1,189 @@
+"""The one training loop every MammoLabel method uses, from the CLI and from MONAI Label.
+
+It moves batches to the device (channels_last and bfloat16 autocast on a GPU), logs progress
+with an ETA, validates every epoch, keeps the best checkpoint at ``out`` and the latest at
+``out.last.pt`` (both written atomically, with the optimizer state for resuming), and resumes
+from ``out.last.pt`` when it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.engines.progress import Progress, format_seconds
+from mammolabel.io import atomic_path
+
+logger = logging.getLogger("mammolabel")
+
+Batch = Any
+StepFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+ValidateFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+@dataclass
+class FitOptions:
+    """Options shared by every trainer (each method adds its own)."""
+
+    epochs: int = 10
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    resume: bool = True
+    grad_clip: float = 0.0
+    log_every_s: float = 10.0
+
+
+@dataclass
+class FitResult:
+    path: str
+    best_metric: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA on a machine without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from mammolabel.errors import InputError
+
+        raise InputError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
+    """Move every tensor of a (nested) batch to ``device``; 4D float tensors optionally channels_last."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.ndim == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def last_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".last.pt")
+
+
+def stats_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".stats.json")
+
+
+def write_stats(out: Path, stats: dict[str, Any]) -> None:
+    with atomic_path(stats_path(out), suffix=".json") as tmp:
+        Path(tmp).write_text(json.dumps(stats, indent=2, default=str))
+
+
+def fit(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[int], Iterable[Batch]],
+    steps_per_epoch: int,
+    step: StepFn,
+    validate: ValidateFn,
+    metric: str,
+    out: str | Path,
+    options: FitOptions,
+    meta: dict[str, Any] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` for ``options.epochs`` epochs; higher ``metric`` (from ``validate``) is better.
+
+    Args:
+        batches: ``batches(epoch)`` yields the epoch's training batches (CPU tensors).
+        steps_per_epoch: number of batches per epoch, for progress and ETA.
+        step: computes the loss of one batch (already on the device, under autocast on a GPU).
+        validate: returns metrics on the validation split (called under ``torch.no_grad``).
+        out: path of the best checkpoint; ``<out>.last.pt`` and ``<out>.stats.json`` go beside it.
+        meta: plain values stored in every checkpoint (network config, label report...).
+    """
+    out = Path(out)
+    device = resolve_device(options.device)
+    on_gpu = device.type == "cuda"
+    model.to(device)
+    if on_gpu and options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    meta = dict(meta or {})
+    history: list[dict[str, float]] = []
+    best, best_epoch, start_epoch = -math.inf, -1, 0
+
+    if options.resume and last_path(out).exists():
+        ckpt = load_checkpoint(last_path(out))
+        model.load_state_dict(ckpt["model"])
+        if "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and "scheduler" in ckpt:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch = int(ckpt.get("epoch", -1)) + 1
+        best, best_epoch = float(ckpt.get("best_metric", -math.inf)), int(ckpt.get("best_epoch", -1))
+        history = list(ckpt.get("history", []))
+        logger.info(f"{desc}: resuming from {last_path(out)} at epoch {start_epoch + 1}")
+
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (on_gpu and options.amp) else None
+    started = time.monotonic()
+    for epoch in range(start_epoch, options.epochs):
+        model.train()
+        progress = Progress(steps_per_epoch, f"{desc} epoch {epoch + 1}/{options.epochs}", options.log_every_s)
+        total, count = 0.0, 0
+        for batch in batches(epoch):
+            batch = to_device(batch, device, on_gpu and options.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            if amp is not None:
+                with amp:
+                    loss = step(model, batch)
+            else:
+                loss = step(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss is {loss.item()} at epoch {epoch + 1}; lower the learning rate")
+            loss.backward()
+            if options.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            optimizer.step()
+            total, count = total + float(loss.item()), count + 1
+            progress.update(loss=total / count)
+        if scheduler is not None:
+            scheduler.step()
+
+        model.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in validate(model).items()}
+        value = metrics.get(metric, -math.inf)
+        improved = value > best or best_epoch < 0
+        if improved:
+            best, best_epoch = value, epoch
+        record = {"epoch": epoch + 1, "loss": total / max(1, count), **metrics}
+        history.append(record)
+        extra = {**meta, "epoch": epoch, "best_metric": best, "best_epoch": best_epoch, "history": history}
+        if improved:
+            save_checkpoint(out, model, **extra)
+        state = {"optimizer": optimizer.state_dict(), **({"scheduler": scheduler.state_dict()} if scheduler else {})}
+        save_checkpoint(last_path(out), model, **extra, **state)
+        done = epoch + 1 - start_epoch
+        eta = (time.monotonic() - started) / done * (options.epochs - epoch - 1)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
+        logger.info(
+            f"{desc} epoch {epoch + 1}/{options.epochs}: {shown} | best {metric}={best:.4g} "
+            f"(epoch {best_epoch + 1}){' *saved*' if improved else ''} | ETA {format_seconds(eta)}"
+        )
+        write_stats(out, {"epoch": epoch + 1, "epochs": options.epochs, "best_metric": best, "metric": metric,
+                          "best_epoch": best_epoch + 1, "history": history, "options": asdict(options), **meta})
+
+    return FitResult(str(out), best, best_epoch + 1, len(history), history)

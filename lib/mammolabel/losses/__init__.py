@@ -1,0 +1,1 @@
+"""Losses from the papers, as MONAI-style _Loss subclasses."""

@@ -1,0 +1,1 @@
+"""One network module per paper method; shared building blocks live once."""

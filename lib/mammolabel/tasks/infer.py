@@ -1,0 +1,155 @@
+"""Base class of every MammoLabel infer task, as served by MONAI Label and run by the CLI.
+
+A task only says how to ``predict`` on a canonical image. The base loads and canonicalises the
+image, maps the labelmap, points and boxes back to the original orientation, and writes the
+labelmap as a W x H x 1 uint8 NRRD (what 3D Slicer and OHIF display) next to a JSON result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from mammolabel.data.labels import ImageLabels
+from mammolabel.errors import ModelNotTrainedError
+from mammolabel.io import boxes_from_canonical, from_canonical, points_from_canonical, write_labelmap
+from mammolabel.transforms import LoadMammogramd
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """What a task predicts on a canonical image (coordinates are canonical pixels, x = column).
+
+    Attributes:
+        labelmap: (rows, cols) uint8 labelmap, 0 = background.
+        values: numbers for the JSON result (probabilities, areas...).
+        points: dicts with ``x``, ``y`` and any other numbers (e.g. ``score``).
+        boxes: dicts with ``box`` = inclusive [x0, y0, x1, y1] and any other numbers.
+        heatmap: optional float (rows, cols) map in [0, 1] for pictures and DICOM heatmaps.
+    """
+
+    labelmap: np.ndarray
+    values: dict[str, Any] = field(default_factory=dict)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    boxes: list[dict[str, Any]] = field(default_factory=list)
+    heatmap: np.ndarray | None = None
+
+
+def restore(prediction: Prediction, meta: dict[str, Any]) -> Prediction:
+    """Map a canonical prediction back to the orientation of the stored image."""
+    flipped = bool(meta.get("flipped", False))
+    width = int(prediction.labelmap.shape[1])
+    points = [
+        dict(p, x=q[0], y=q[1])
+        for p, q in zip(prediction.points, points_from_canonical([(p["x"], p["y"]) for p in prediction.points], flipped, width))
+    ]
+    boxes = [
+        dict(b, box=q)
+        for b, q in zip(prediction.boxes, boxes_from_canonical([b["box"] for b in prediction.boxes], flipped, width))
+    ]
+    heatmap = None if prediction.heatmap is None else from_canonical(prediction.heatmap, flipped)
+    return Prediction(from_canonical(prediction.labelmap, flipped), dict(prediction.values), points, boxes, heatmap)
+
+
+class MammoInferTask(BasicInferTask):
+    """Infer task over one mammogram: subclasses set ``name``, ``labels`` and implement :meth:`predict`.
+
+    Class attributes:
+        name: the task's name (``/infer/<name>``, ``mammolabel infer <name>``).
+        train_task: the train task that produces its checkpoint, or None when it needs none.
+    """
+
+    name: str = ""
+    train_task: str | None = None
+    rank_key: str = "dice"  # per-image row key that orders the best and worst evaluation pictures
+
+    def __init__(
+        self,
+        path: str | None,
+        labels: dict[str, int],
+        description: str,
+        network: torch.nn.Module | None = None,
+        config: dict[str, Any] | None = None,
+    ):
+        super().__init__(
+            path=path,
+            network=network,
+            type=InferType.SEGMENTATION,
+            labels=labels,
+            dimension=2,
+            description=description,
+            config=config,
+            load_strict=True,
+        )
+
+    # --- what a task implements -------------------------------------------------------------
+    def predict(self, image: torch.Tensor, meta: dict[str, Any], data: dict[str, Any]) -> Prediction:
+        """Predict on a canonical (1, rows, cols) image; ``data`` holds the request options."""
+        raise NotImplementedError
+
+    def score(self, record: ImageLabels, labelmap: np.ndarray, result: dict[str, Any]) -> dict[str, Any]:
+        """Per-image evaluation row of this task's output (original orientation) against ``record``.
+
+        Standard keys: ``score`` (malignancy), ``abnormal_score``, ``hit`` (bool), ``dice``.
+        """
+        return {}
+
+    def summarise(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Task-specific aggregates added to ``metrics.json``."""
+        return {}
+
+    # --- MONAI Label plumbing ---------------------------------------------------------------
+    def is_valid(self) -> bool:
+        """Always listed, so that clients show the task; without a checkpoint it says what to train."""
+        return True
+
+    def checkpoint(self) -> str | None:
+        return self.get_path(validate=False)
+
+    def __call__(self, request: dict[str, Any], callbacks: dict | None = None):
+        if self.train_task and not (self.checkpoint() and os.path.exists(self.checkpoint())):
+            raise ModelNotTrainedError(self.name, self.train_task, str(self.checkpoint()))
+        return super().__call__(request, callbacks)
+
+    def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
+        return [LoadMammogramd(keys="image")]
+
+    def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
+        return []
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda"):
+        image = data["image"]
+        with torch.inference_mode():
+            data["prediction"] = self.predict(image, dict(image.meta), data)
+        return data
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:
+        meta = dict(data["image"].meta)
+        pred = restore(data["prediction"], meta)
+        fd, path = tempfile.mkstemp(suffix=".nrrd", prefix=f"{self.name}_")
+        os.close(fd)
+        write_labelmap(path, pred.labelmap, meta.get("spacing"))
+        result = {
+            "model": self.name,
+            "image_shape": [int(s) for s in pred.labelmap.shape],
+            "flipped": bool(meta.get("flipped")),
+            "laterality": meta.get("laterality"),
+            "view": meta.get("view"),
+            "spacing": meta.get("spacing"),
+            **pred.values,
+            "points": pred.points,
+            "boxes": pred.boxes,
+        }
+        data["restored"] = pred
+        return path, result
