@@ -1,7 +1,8 @@
 """MammoLabel: the MONAI Label app serving the MammoLabel tasks.
 
 Each ``lib/configs/<model>.py`` holds one ``TaskConfig``; ``--conf models all`` (the default) or a
-comma-separated list picks which are served. The work itself lives in the ``mammolabel`` library.
+comma-separated list picks which are served; ``--conf model_dir DIR`` moves the checkpoints folder
+(default ``model/`` in this app). The work itself lives in the ``mammolabel`` library.
 """
 
 import logging
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 class MammoLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
-        self.model_dir = os.path.join(app_dir, "model")
+        self.model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
         configs = {c.split(".")[-2].lower(): c for c in get_class_names(lib.configs, "TaskConfig")}
         wanted = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
         unknown = [m for m in wanted if m != "all" and m not in configs]

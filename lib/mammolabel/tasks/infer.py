@@ -109,6 +109,16 @@ class MammoInferTask(BasicInferTask):
         """Task-specific aggregates added to ``metrics.json``."""
         return {}
 
+    # --- benchmark hooks (mammolabel benchmark) ------------------------------------------------
+    @classmethod
+    def benchmark_module(cls) -> torch.nn.Module | None:
+        """The network(s) one inference runs, as a module taking (B, 1, H, W); None for no network."""
+        return None
+
+    @classmethod
+    def write_benchmark_checkpoint(cls, model_dir: str | os.PathLike) -> None:
+        """Write a checkpoint with random weights into ``model_dir`` so that timing runs need no training."""
+
     # --- MONAI Label plumbing ---------------------------------------------------------------
     def is_valid(self) -> bool:
         """Always listed, so that clients show the task; without a checkpoint it says what to train."""
