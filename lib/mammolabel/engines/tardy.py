@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.losses import DiceCELoss
 
 from mammolabel.data.dataset import MammoDataset
 from mammolabel.data.datastore import LabelInventory
@@ -268,12 +269,19 @@ def mean_dice(probabilities: list[torch.Tensor], masks: list[torch.Tensor], thre
     return float(np.mean(scores))
 
 
+def segmentation_loss(subtraction: bool, mse_weight: float) -> torch.nn.Module:
+    """Dice + squared error for the subtraction output; Dice + binary cross-entropy for the plain head's logits."""
+    if subtraction:
+        return MalignancyMapLoss(mse_weight=mse_weight)
+    return DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+
 def train_discriminative(inventory: LabelInventory, options: dict[str, Any], out: Path,
                          model_dir: Path | None = None) -> dict[str, Any]:
     """Train :class:`DiscriminativeSegmenter` on malignant images with masks; the best (validation Dice) at ``out``.
 
     ``options`` adds to :class:`StageOptions`'s keys ``pretrained`` (``auto``, ``none`` or a path),
-    ``no_subtraction`` (the plain segmentation head), ``mse_weight`` and ``threshold`` (``auto``:
+    ``no_subtraction`` (the plain segmentation head), ``mse_weight`` (subtraction loss) and ``threshold`` (``auto``:
     the threshold with the best validation Dice). With a pretrained backbone its stored sizes are used.
     """
     stage = stage_options(options)
@@ -296,7 +304,7 @@ def train_discriminative(inventory: LabelInventory, options: dict[str, Any], out
                 f"labels {report}")
     train_set = MammoDataset(train, stage.size, stage.crop_breast)
     val_set = MammoDataset(val, stage.size, stage.crop_breast)
-    loss_fn = MalignancyMapLoss(mse_weight=float(options["mse_weight"]))
+    loss_fn = segmentation_loss(model.subtraction, float(options["mse_weight"]))
 
     def batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         order = epoch_order(len(train_set), stage.seed, epoch)
@@ -312,7 +320,7 @@ def train_discriminative(inventory: LabelInventory, options: dict[str, Any], out
         for item in val_set:
             output = network(item["image"][None].to(device)).float()
             losses.append(float(loss_fn(output, item["mask"][None].to(device))))
-            probabilities.append(DiscriminativeSegmenter.probability(output)[0, 0].cpu())
+            probabilities.append(network.probability(output)[0, 0].cpu())
             masks.append(item["mask"][0])
         by_threshold = {t: mean_dice(probabilities, masks, t) for t in THRESHOLDS}
         best = fixed_threshold if fixed_threshold is not None else max(by_threshold, key=by_threshold.get)

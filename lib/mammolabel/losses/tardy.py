@@ -1,4 +1,4 @@
-"""Loss of Tardy & Mateus's segmentation stage (the paper names none; this one is ours, see below)."""
+"""Loss of Tardy & Mateus's subtraction output (the paper names none; this one is ours, see below)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ __all__ = ["MalignancyMapLoss"]
 
 
 class MalignancyMapLoss(_Loss):
-    """Soft Dice on the map clipped to [0, 1] plus ``mse_weight`` x the squared error to the mask.
+    """Soft Dice on the output clipped to [0, 1] plus ``mse_weight`` x its squared error to the mask.
 
     The paper reports Dice but does not say what it minimised. The subtraction model's output
-    ``O = I - U(I)`` is unbounded, so a regression term (squared error to the mask, i.e. the
-    backbone reconstructs ``I - M``) keeps every pixel in play where the clipped Dice has no
-    gradient; the Dice term answers the class imbalance of small lesions. The same loss trains the
-    plain sigmoid head, so the rows of Table 1 differ only in the head and the initialisation.
+    ``O = I - U(I)`` is unbounded and is not a logit, so cross-entropy does not apply; a
+    regression term (squared error to the mask: the backbone learns to reconstruct ``I - M``)
+    keeps every pixel in play where the clipped Dice has no gradient, and the Dice term answers
+    the class imbalance of small lesions. The plain sigmoid head of the paper's baseline is
+    trained with the usual Dice + binary cross-entropy on its logits instead (MONAI ``DiceCELoss``).
 
     Args:
         mse_weight: weight of the squared-error term.

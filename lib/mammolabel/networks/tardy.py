@@ -12,7 +12,7 @@ The same U-Net is first trained to reconstruct corrupted benign images (Models G
 :mod:`mammolabel.transforms.tardy`), then wrapped with a *subtraction layer* (Fig. 1): the
 discriminative model outputs ``O = I - U(I)``, so the backbone keeps a reconstruction task while
 the whole model yields the malignant regions. The paper's baseline changes the top activation
-instead (a plain segmentation head); both are :class:`DiscriminativeSegmenter` here.
+instead (a plain sigmoid segmentation head); both are :class:`DiscriminativeSegmenter` here.
 """
 
 from __future__ import annotations
@@ -176,30 +176,29 @@ class DiscriminativeSegmenter(nn.Module):
     Args:
         config: backbone sizes; the backbone's state dict is exactly a :class:`FullImageUNet`'s,
             so a ``pretrain_reconstruction`` checkpoint loads into ``backbone`` with no missing key.
-        subtraction: True for ``O = I - U(I)``; False for the "fully supervised segmentation" row
-            of Table 1, ``O = sigmoid(U(I))``.
+        subtraction: True for the output ``O = I - U(I)``; False for the "fully supervised
+            segmentation" rows of Table 1, whose output ``U(I)`` are the logits of a sigmoid head.
 
-    ``forward(x)``: (B, 1, H, W) -> malignancy map (B, 1, H, W); with subtraction it is not bounded
-    to [0, 1] (read it through :meth:`probability`).
+    ``forward(x)``: (B, 1, H, W) -> output (B, 1, H, W), unbounded in both cases;
+    :meth:`probability` maps it to the malignancy map in [0, 1] (clipped ``O``, or ``sigmoid(U(I))``).
     """
 
     def __init__(self, config: UNetConfig | None = None, subtraction: bool = True):
         super().__init__()
         self.backbone = FullImageUNet(config)
         self.subtraction = subtraction
-        self.top: nn.Module = SubtractionLayer() if subtraction else nn.Sigmoid()
+        self.subtract = SubtractionLayer()
 
     @property
     def config(self) -> UNetConfig:
         return self.backbone.config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        reconstruction = self.backbone(x)  # (B, 1, H, W)
+        reconstruction = self.backbone(x)  # U(I): (B, 1, H, W)
         if self.subtraction:
-            return self.top(x, reconstruction)  # O = I - U(I)
-        return self.top(reconstruction)  # O = sigmoid(U(I))
+            return self.subtract(x, reconstruction)  # O = I - U(I)
+        return reconstruction  # logits of the plain segmentation head
 
-    @staticmethod
-    def probability(output: torch.Tensor) -> torch.Tensor:
-        """The output as a map in [0, 1] (the score thresholded into the malignancy mask)."""
-        return output.clamp(0.0, 1.0)
+    def probability(self, output: torch.Tensor) -> torch.Tensor:
+        """The malignancy map in [0, 1] that the infer task thresholds."""
+        return output.clamp(0.0, 1.0) if self.subtraction else torch.sigmoid(output)

@@ -86,7 +86,7 @@ class DiscriminativeSegmentationInfer(MammoInferTask):
         frame = make_frame(pixels, tuple(ckpt["size"]), bool(ckpt["crop_breast"]))
         x = torch.from_numpy(frame.to_input(pixels))[None, None].to(device)  # (1, 1, h, w)
         output = network(x).float()  # O = I - U(I), (1, 1, h, w)
-        probability = frame.to_full(DiscriminativeSegmenter.probability(output)[0, 0])  # (rows, cols) in [0, 1]
+        probability = frame.to_full(network.probability(output)[0, 0])  # (rows, cols) in [0, 1]
         mask = probability >= threshold
         spacing = meta.get("spacing")
         pixel_mm2 = float(spacing[0] * spacing[1]) if spacing else None
