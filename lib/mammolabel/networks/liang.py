@@ -1,0 +1,386 @@
+"""Weakly-supervised self-training localization network of Liang et al.
+
+Gongbo Liang, Xiaoqin Wang, Yu Zhang, Nathan Jacobs, "Weakly-Supervised Self-Training for Breast
+Cancer Localization", EMBC 2020 (``shared/papers/liang-cam-self-training-localization.md``).
+
+The model has the paper's three parts (its Fig. 2):
+
+1. a classification network (section II-D): Inception-V3 with every layer after its last Inception
+   block removed, two 3x3 convolutions of 1024 kernels, global average pooling, a fully connected
+   layer and a softmax; the class activation map (CAM, section II-B) is the weighted sum of the
+   last convolution's maps with the fully connected weights of the positive class;
+2. self-training CNNs (section II-C/D) on the outputs of the 3rd and 8th Inception blocks, each a
+   3x3 convolution, a 1x1 convolution of 512 kernels and a 1x1 convolution of one kernel followed
+   by a sigmoid, the second and third layers shared between the CNNs; they learn from trimaps
+   (:func:`trimap`: foreground above ``t_f`` = 0.6, background below ``t_b`` = 0.1, the rest unknown);
+3. at test time a softmax over the maps (CAM and self-training maps) fuses them (:func:`fuse_maps`).
+
+The Inception-V3 blocks are built here from MONAI convolution layers (random init; nothing is
+downloaded). ``width`` scales every Inception channel count so that the model runs small on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from torch import nn
+
+__all__ = [
+    "BACKGROUND",
+    "CLASSES",
+    "FOREGROUND",
+    "UNKNOWN",
+    "InceptionV3Features",
+    "LiangClassifier",
+    "LiangConfig",
+    "LiangNet",
+    "LiangOutput",
+    "POSITIVE",
+    "SelfTrainingCNN",
+    "fuse_maps",
+    "normalise_map",
+    "trimap",
+]
+
+#: Trimap values: confident background, confident foreground, and unknown (ignored by the loss).
+BACKGROUND, FOREGROUND, UNKNOWN = 0.0, 1.0, -1.0
+
+#: Classes of the softmax; the CAM and the probability are those of ``POSITIVE``.
+CLASSES = ("normal", "positive")
+POSITIVE = 1
+
+#: Number of Inception blocks of Inception-V3 (Mixed 5b-5d, 6a-6e, 7a-7c).
+N_BLOCKS = 11
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int | Sequence[int], stride: int = 1) -> Convolution:
+    """Inception-V3's basic layer: convolution without bias, batch norm (eps 1e-3), ReLU; 'same' padding."""
+    return Convolution(
+        spatial_dims=2, in_channels=in_channels, out_channels=out_channels, strides=stride, kernel_size=kernel_size,
+        act="RELU", norm=("BATCH", {"eps": 1e-3}), bias=False,
+    )
+
+
+class _Widths:
+    """Channel counts of the standard Inception-V3 scaled by ``width`` (at least one channel each)."""
+
+    def __init__(self, width: float):
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        self.width = width
+
+    def __call__(self, channels: int) -> int:
+        return max(1, int(round(channels * self.width)))
+
+
+class InceptionA(nn.Module):
+    """35x35-grid block (Mixed 5b-5d): 1x1, 5x5, double 3x3 and pooled branches, concatenated."""
+
+    def __init__(self, in_channels: int, pool_channels: int, c: _Widths):
+        super().__init__()
+        self.branch1x1 = conv_bn(in_channels, c(64), 1)
+        self.branch5x5 = nn.Sequential(conv_bn(in_channels, c(48), 1), conv_bn(c(48), c(64), 5))
+        self.branch3x3dbl = nn.Sequential(conv_bn(in_channels, c(64), 1), conv_bn(c(64), c(96), 3), conv_bn(c(96), c(96), 3))
+        self.branch_pool = nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), conv_bn(in_channels, pool_channels, 1))
+        self.out_channels = c(64) + c(64) + c(96) + pool_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1x1(x), self.branch5x5(x), self.branch3x3dbl(x), self.branch_pool(x)], 1)
+
+
+class InceptionB(nn.Module):
+    """Grid reduction 35 -> 17 (Mixed 6a): strided 3x3, strided double 3x3 and max-pool branches."""
+
+    def __init__(self, in_channels: int, c: _Widths):
+        super().__init__()
+        self.branch3x3 = conv_bn(in_channels, c(384), 3, stride=2)
+        self.branch3x3dbl = nn.Sequential(
+            conv_bn(in_channels, c(64), 1), conv_bn(c(64), c(96), 3), conv_bn(c(96), c(96), 3, stride=2)
+        )
+        self.branch_pool = nn.MaxPool2d(3, 2, 1)
+        self.out_channels = c(384) + c(96) + in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch3x3(x), self.branch3x3dbl(x), self.branch_pool(x)], 1)
+
+
+class InceptionC(nn.Module):
+    """17x17-grid block (Mixed 6b-6e) with factorised 7x7 convolutions (1x7 then 7x1) of ``c7`` channels."""
+
+    def __init__(self, in_channels: int, c7: int, c: _Widths):
+        super().__init__()
+        self.branch1x1 = conv_bn(in_channels, c(192), 1)
+        self.branch7x7 = nn.Sequential(
+            conv_bn(in_channels, c7, 1), conv_bn(c7, c7, (1, 7)), conv_bn(c7, c(192), (7, 1))
+        )
+        self.branch7x7dbl = nn.Sequential(
+            conv_bn(in_channels, c7, 1), conv_bn(c7, c7, (7, 1)), conv_bn(c7, c7, (1, 7)),
+            conv_bn(c7, c7, (7, 1)), conv_bn(c7, c(192), (1, 7)),
+        )
+        self.branch_pool = nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), conv_bn(in_channels, c(192), 1))
+        self.out_channels = 4 * c(192)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1x1(x), self.branch7x7(x), self.branch7x7dbl(x), self.branch_pool(x)], 1)
+
+
+class InceptionD(nn.Module):
+    """Grid reduction 17 -> 8 (Mixed 7a): strided 3x3, strided 7x7-then-3x3 and max-pool branches."""
+
+    def __init__(self, in_channels: int, c: _Widths):
+        super().__init__()
+        self.branch3x3 = nn.Sequential(conv_bn(in_channels, c(192), 1), conv_bn(c(192), c(320), 3, stride=2))
+        self.branch7x7x3 = nn.Sequential(
+            conv_bn(in_channels, c(192), 1), conv_bn(c(192), c(192), (1, 7)), conv_bn(c(192), c(192), (7, 1)),
+            conv_bn(c(192), c(192), 3, stride=2),
+        )
+        self.branch_pool = nn.MaxPool2d(3, 2, 1)
+        self.out_channels = c(320) + c(192) + in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch3x3(x), self.branch7x7x3(x), self.branch_pool(x)], 1)
+
+
+class InceptionE(nn.Module):
+    """8x8-grid block (Mixed 7b-7c): 1x1, split 3x3 (1x3 and 3x1), double split 3x3 and pooled branches."""
+
+    def __init__(self, in_channels: int, c: _Widths):
+        super().__init__()
+        self.branch1x1 = conv_bn(in_channels, c(320), 1)
+        self.branch3x3 = conv_bn(in_channels, c(384), 1)
+        self.branch3x3_a, self.branch3x3_b = conv_bn(c(384), c(384), (1, 3)), conv_bn(c(384), c(384), (3, 1))
+        self.branch3x3dbl = nn.Sequential(conv_bn(in_channels, c(448), 1), conv_bn(c(448), c(384), 3))
+        self.branch3x3dbl_a, self.branch3x3dbl_b = conv_bn(c(384), c(384), (1, 3)), conv_bn(c(384), c(384), (3, 1))
+        self.branch_pool = nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), conv_bn(in_channels, c(192), 1))
+        self.out_channels = c(320) + 4 * c(384) + c(192)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b3, bd = self.branch3x3(x), self.branch3x3dbl(x)
+        return torch.cat(
+            [self.branch1x1(x), self.branch3x3_a(b3), self.branch3x3_b(b3), self.branch3x3dbl_a(bd),
+             self.branch3x3dbl_b(bd), self.branch_pool(x)],
+            1,
+        )
+
+
+class InceptionV3Features(nn.Module):
+    """Inception-V3 up to and including its last (11th) Inception block, greyscale input, random init.
+
+    Args:
+        in_channels: input channels (1 for a mammogram).
+        width: scale of every channel count (1.0 = the standard Inception-V3, 2048 output channels).
+
+    ``forward(x, taps)`` with x of shape (B, in_channels, H, W) returns the last block's output
+    (B, channels[-1], H/32, W/32) and the outputs of the 1-based blocks in ``taps``; block i's
+    output has ``channels[i - 1]`` channels and stride 8 (blocks 1-3), 16 (4-8) or 32 (9-11).
+    Padding is 'same' throughout, so an H divisible by 32 gives exact strides.
+    """
+
+    def __init__(self, in_channels: int = 1, width: float = 1.0):
+        super().__init__()
+        c = _Widths(width)
+        self.stem = nn.Sequential(
+            conv_bn(in_channels, c(32), 3, stride=2), conv_bn(c(32), c(32), 3), conv_bn(c(32), c(64), 3),
+            nn.MaxPool2d(3, 2, 1), conv_bn(c(64), c(80), 1), conv_bn(c(80), c(192), 3), nn.MaxPool2d(3, 2, 1),
+        )
+        mixed_5b = InceptionA(c(192), c(32), c)
+        mixed_5c = InceptionA(mixed_5b.out_channels, c(64), c)
+        mixed_5d = InceptionA(mixed_5c.out_channels, c(64), c)
+        mixed_6a = InceptionB(mixed_5d.out_channels, c)
+        mixed_6b = InceptionC(mixed_6a.out_channels, c(128), c)
+        mixed_6c = InceptionC(mixed_6b.out_channels, c(160), c)
+        mixed_6d = InceptionC(mixed_6c.out_channels, c(160), c)
+        mixed_6e = InceptionC(mixed_6d.out_channels, c(192), c)
+        mixed_7a = InceptionD(mixed_6e.out_channels, c)
+        mixed_7b = InceptionE(mixed_7a.out_channels, c)
+        mixed_7c = InceptionE(mixed_7b.out_channels, c)
+        self.blocks = nn.ModuleList(
+            [mixed_5b, mixed_5c, mixed_5d, mixed_6a, mixed_6b, mixed_6c, mixed_6d, mixed_6e, mixed_7a, mixed_7b, mixed_7c]
+        )
+        self.channels = [b.out_channels for b in self.blocks]
+
+    def forward(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        tapped: dict[int, torch.Tensor] = {}
+        x = self.stem(x)  # (B, 192w, H/8, W/8)
+        for index, block in enumerate(self.blocks, start=1):
+            x = block(x)
+            if index in taps:
+                tapped[index] = x
+        return x, tapped
+
+
+class ClassifierOutput(NamedTuple):
+    logits: torch.Tensor  # (B, num_classes), before the softmax
+    maps: torch.Tensor  # (B, head_channels, H/32, W/32): the last convolution's output (CAM input)
+    features: dict[int, torch.Tensor]  # intermediate feature maps F_i by 1-based Inception block
+
+
+class LiangClassifier(nn.Module):
+    """Classification network of section II-D: truncated Inception-V3, two 3x3 convs, GAP, FC, softmax.
+
+    Args:
+        in_channels: input channels.
+        width: Inception-V3 channel scale.
+        head_channels: kernels of each of the two added 3x3 convolutions (paper: 1024).
+        num_classes: classes of the softmax (2: normal, positive).
+        taps: 1-based Inception blocks whose outputs are returned as intermediate feature maps.
+    """
+
+    def __init__(self, in_channels: int = 1, width: float = 1.0, head_channels: int = 1024, num_classes: int = 2,
+                 taps: Sequence[int] = (3, 8)):
+        super().__init__()
+        if not all(1 <= t <= N_BLOCKS for t in taps):
+            raise ValueError(f"taps must be Inception blocks 1..{N_BLOCKS}, got {list(taps)}")
+        self.taps = tuple(taps)
+        self.backbone = InceptionV3Features(in_channels, width)
+        last = self.backbone.channels[-1]
+        self.head = nn.Sequential(conv_bn(last, head_channels, 3), conv_bn(head_channels, head_channels, 3))
+        self.fc = nn.Linear(head_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> ClassifierOutput:
+        last, features = self.backbone(x, self.taps)  # (B, 2048w, H/32, W/32), {i: F_i}
+        maps = self.head(last)  # two 3x3 conv layers: (B, head_channels, H/32, W/32)
+        logits = self.fc(maps.mean(dim=(2, 3)))  # global average pooling, fully connected: (B, num_classes)
+        return ClassifierOutput(logits, maps, features)
+
+    def cam(self, maps: torch.Tensor, cls: int) -> torch.Tensor:
+        """Class activation map of class ``cls`` (Zhou et al.): sum_k w_{cls,k} f_k -> (B, 1, h, w), unnormalised."""
+        return torch.einsum("bkhw,k->bhw", maps, self.fc.weight[cls])[:, None]
+
+
+class SelfTrainingCNN(nn.Module):
+    """One self-training CNN (section II-D): 3x3 conv, then the shared 1x1 conv (512) and 1x1 conv (1).
+
+    ``shared`` is the module holding the second and third layers; passing the same module to every
+    CNN makes them share those weights, as in the paper. ``forward`` returns logits; the sigmoid
+    of the paper is applied by :meth:`LiangNet.self_training_maps` and inside the BCE loss.
+    """
+
+    def __init__(self, in_channels: int, first_channels: int, shared: nn.Module):
+        super().__init__()
+        self.first = Convolution(2, in_channels, first_channels, kernel_size=3, act="RELU", norm=None)
+        self.shared = shared
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.shared(self.first(feature))  # (B, 1, h_i, w_i) logits
+
+
+def shared_layers(first_channels: int, shared_channels: int) -> nn.Sequential:
+    """The second (1x1, ``shared_channels`` kernels) and third (1x1, one kernel) layers of the CNNs."""
+    return nn.Sequential(
+        Convolution(2, first_channels, shared_channels, kernel_size=1, act="RELU", norm=None),
+        Convolution(2, shared_channels, 1, kernel_size=1, conv_only=True),
+    )
+
+
+@dataclass
+class LiangConfig:
+    """Sizes of :class:`LiangNet` (stored in checkpoints). Defaults are the paper's.
+
+    The paper gives the first layers of the two self-training CNNs 288 and 768 kernels, the channel
+    counts of the 3rd and 8th Inception blocks' outputs, i.e. the depth of their inputs. Because
+    the next layer is shared, both first layers must output the same number of channels, which
+    the paper does not state: ``first_channels`` (default 512, the shared layer's width).
+    ``taps`` lists the feature blocks in self-training order, the first trained on the CAM trimap.
+    """
+
+    in_channels: int = 1
+    width: float = 1.0
+    head_channels: int = 1024
+    taps: tuple[int, ...] = (8, 3)
+    first_channels: int = 512
+    shared_channels: int = 512
+    temperature: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "taps": list(self.taps)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LiangConfig:
+        return cls(**{**values, "taps": tuple(int(t) for t in values["taps"])})
+
+
+class LiangOutput(NamedTuple):
+    """What :class:`LiangNet` returns; every map is in [0, 1]."""
+
+    probability: torch.Tensor  # (B,) softmax probability of the positive class
+    cam: torch.Tensor  # (B, 1, H/32, W/32) CAM of the positive class, min-max normalised per image
+    self_training: list[torch.Tensor]  # per tap, (B, 1, H/s_i, W/s_i) sigmoid maps
+    fused: torch.Tensor  # (B, 1, H/s, W/s) softmax fusion on the finest grid s among the maps
+    weights: torch.Tensor  # (B, 1 + len(taps), H/s, W/s) fusion weights (sum to one per pixel)
+
+
+def normalise_map(heatmap: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each (B, 1, h, w) map to [0, 1]; a constant map becomes zeros."""
+    flat = heatmap.flatten(1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    return (heatmap - lo[:, None, None, None]) / scale[:, None, None, None]
+
+
+def trimap(heatmap: torch.Tensor, t_f: float = 0.6, t_b: float = 0.1) -> torch.Tensor:
+    """Trimap of a [0, 1] heatmap (section II-C): FOREGROUND where p > t_f, BACKGROUND where p < t_b, else UNKNOWN."""
+    if not 0 <= t_b <= t_f <= 1:
+        raise ValueError(f"need 0 <= t_b <= t_f <= 1, got t_b={t_b}, t_f={t_f}")
+    out = torch.full_like(heatmap, UNKNOWN)
+    out[heatmap > t_f] = FOREGROUND
+    out[heatmap < t_b] = BACKGROUND
+    return out
+
+
+def fuse_maps(maps: Sequence[torch.Tensor], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fuse [0, 1] maps with a softmax over the maps at every pixel (the paper's test stage, Fig. 2).
+
+    Every (B, 1, h_k, w_k) map is resized (bilinear) to the largest grid; at each pixel the weights
+    are ``softmax_k(m_k / temperature)`` and the fused value is ``sum_k w_k m_k``, a soft maximum
+    that stays in [0, 1]. Returns the fused map (B, 1, h, w) and the weights (B, K, h, w).
+    """
+    size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+    stack = torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size
+                       else m for m in maps], dim=1)  # (B, K, h, w)
+    weights = torch.softmax(stack / temperature, dim=1)
+    return (weights * stack).sum(dim=1, keepdim=True), weights
+
+
+class LiangNet(nn.Module):
+    """The full model: classification network, CAM, self-training CNNs and their fusion.
+
+    ``forward(x)`` with x of shape (B, in_channels, H, W) (H, W divisible by 32) returns a
+    :class:`LiangOutput`. See :class:`LiangConfig` for the arguments.
+    """
+
+    def __init__(self, config: LiangConfig | None = None):
+        super().__init__()
+        self.config = config = config or LiangConfig()
+        self.classifier = LiangClassifier(config.in_channels, config.width, config.head_channels, len(CLASSES),
+                                          config.taps)
+        shared = shared_layers(config.first_channels, config.shared_channels)
+        channels = self.classifier.backbone.channels
+        self.self_training = nn.ModuleList(
+            [SelfTrainingCNN(channels[t - 1], config.first_channels, shared) for t in config.taps]
+        )
+
+    def cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+        """Positive-class probability (B,), normalised CAM (B, 1, H/32, W/32) and the feature maps F_i."""
+        out = self.classifier(x)
+        probability = torch.softmax(out.logits.float(), dim=1)[:, POSITIVE]
+        cam = normalise_map(self.classifier.cam(out.maps, POSITIVE).float())
+        return probability, cam, out.features
+
+    def self_training_maps(self, features: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        """Sigmoid maps of every self-training CNN on its feature map F_i, in ``taps`` order."""
+        return [torch.sigmoid(cnn(features[t]).float()) for cnn, t in zip(self.self_training, self.config.taps)]
+
+    def forward(self, x: torch.Tensor) -> LiangOutput:
+        # 1) classification network: image probability, CAM heatmap, intermediate feature maps F_3, F_8
+        probability, cam, features = self.cam(x)  # (B,), (B, 1, H/32, W/32), {8: (B, 768w, H/16, W/16), 3: (B, 288w, H/8, W/8)}
+        # 2) self-training CNNs on the intermediate feature maps
+        maps = self.self_training_maps(features)  # [(B, 1, H/16, W/16), (B, 1, H/8, W/8)]
+        # 3) test stage: softmax fusion of the CAM and the self-training maps
+        fused, weights = fuse_maps([cam, *maps], self.config.temperature)  # (B, 1, H/8, W/8), (B, 3, H/8, W/8)
+        return LiangOutput(probability, cam, maps, fused, weights)

@@ -1,0 +1,147 @@
+"""Tasks ``localization`` and ``train_cam_self_training``: Liang et al.'s weakly-supervised lesion points.
+
+The infer task answers with a labelmap (a small disk per predicted lesion point, label 1, and the
+fused heatmap in levels, labels 2-4) and a JSON result with the points and their scores in the
+image's own coordinates, the image probability and the maximum of every map. Evaluation scores the
+best point of the fused map and of the CAM alone against the lesion circles and boxes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mammolabel.data.datastore import LabelInventory
+from mammolabel.data.labels import ImageLabels
+from mammolabel.engines.checkpoint import save_checkpoint
+from mammolabel.engines.liang import LiangOptions, localize, render_labelmap, train_liang
+from mammolabel.io import points_from_canonical
+from mammolabel.metrics import point_hits
+from mammolabel.networks.liang import LiangConfig, LiangNet
+from mammolabel.tasks.infer import MammoInferTask, Prediction
+from mammolabel.tasks.train import MammoTrainTask
+
+#: Labelmap values.
+LABELS = {"lesion_point": 1, "heat_low": 2, "heat_mid": 3, "heat_high": 4}
+
+#: Hit tolerance: the paper's 12 px at 832 px from 3328 x 4096 images of about 70 um pixels
+#: (Hologic), i.e. 12 x 4.46 x 0.07 mm.
+TOLERANCE_MM = 3.7
+#: Pixel spacing assumed when neither the image nor the datastore gives one: MIAS mini films (200 um).
+FALLBACK_SPACING_MM = 0.2
+
+
+class LocalizationInfer(MammoInferTask):
+    """Suspected lesion points and heatmap from the CAM + self-training model (image labels only)."""
+
+    name = "localization"
+    train_task = "train_cam_self_training"
+    rank_key = "neg_distance_px"
+
+    def __init__(self, path: str | None = None, config: dict[str, Any] | None = None):
+        super().__init__(
+            path=path,
+            labels=LABELS,
+            description="Lesion points and heatmap (Liang et al.: CAM + recursive self-training, image labels only)",
+            config=config,
+        )
+
+    def build_network(self, checkpoint: dict[str, Any]) -> torch.nn.Module:
+        return LiangNet(LiangConfig.from_dict(checkpoint["config"]))
+
+    def predict(self, image: torch.Tensor, meta: dict[str, Any], data: dict[str, Any]) -> Prediction:
+        net, ckpt = self.load(data.get("device", "cpu"))
+        options = LiangOptions.from_mapping(ckpt["options"])
+        pixels = image[0].cpu().numpy()
+        found = localize(net, pixels, options, data.get("device", "cpu"))
+        heat = found.frame.to_full(found.maps["fused"])
+        radius = max(2.0, 0.006 * max(pixels.shape))
+        labelmap = render_labelmap(heat, found.points, options.levels(), radius)
+        flipped, width = bool(meta.get("flipped")), pixels.shape[1]
+        peaks = {}
+        for name, p in found.peaks.items():  # the base maps ``points`` back; these are mapped here
+            (x, y), = points_from_canonical([(p["x"], p["y"])], flipped, width)
+            peaks[name] = {"x": x, "y": y, "score": p["score"]}
+        values = {
+            "probability": found.probability,
+            "positive": options.positive,
+            "peaks": peaks,
+            "heat_levels": options.levels(),
+            "point_threshold": options.point_threshold,
+            "input_size": list(found.frame.size),
+        }
+        return Prediction(labelmap=labelmap, values=values, points=found.points, heatmap=heat)
+
+    def score(self, record: ImageLabels, labelmap: np.ndarray, result: dict[str, Any]) -> dict[str, Any]:
+        """Hit of the best point of each map (fused first) against the lesion circles/boxes, with tolerance.
+
+        ``hit`` is the fused map's; ``hit_cam`` the CAM's alone; ``hit_any`` whether any returned
+        point hits. Images without a located lesion have no hit (they still give AUC scores).
+        """
+        row: dict[str, Any] = {"score": result["probability"], "abnormal_score": result["probability"]}
+        if not record.points:
+            return row
+        spacing = result.get("spacing")
+        spacing_mm = float(np.mean(spacing)) if spacing else FALLBACK_SPACING_MM
+        tolerance = TOLERANCE_MM / spacing_mm
+        radii = record.radii if len(record.radii) == len(record.points) else [0.0] * len(record.points)
+        circles = [(x, y, r) for (x, y), r in zip(record.points, radii)]
+
+        def hits(p: dict[str, float]) -> bool:
+            return point_hits((p["x"], p["y"]), boxes=record.boxes, circles=circles, tolerance=tolerance)
+
+        fused = result["peaks"]["fused"]
+        row.update({f"hit_{name}": hits(p) for name, p in result["peaks"].items() if name != "fused"})
+        row.update(
+            hit=hits(fused),
+            hit_any=any(hits(p) for p in result["points"]),
+            neg_distance_px=-min(float(np.hypot(fused["x"] - x, fused["y"] - y)) for x, y in record.points),
+            tolerance_px=tolerance,
+            n_points=len(result["points"]),
+        )
+        return row
+
+    def summarise(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Hit rate of every map's best point (``hit_rate_fused`` = ``hit_rate``) on the located lesions."""
+        located = [r for r in rows if r.get("hit") is not None]
+        names = sorted({k[4:] for r in located for k in r if k.startswith("hit_")})
+        rates = {f"hit_rate_{n}": float(np.mean([r[f"hit_{n}"] for r in located])) if located else None for n in names}
+        return {"n_located": len(located), "hit_rate_fused": float(np.mean([r["hit"] for r in located])) if located else None,
+                **rates}
+
+    @classmethod
+    def benchmark_options(cls) -> LiangOptions:
+        """The paper's configuration (832 x 832 input, full Inception-V3 width, 1024-kernel head)."""
+        return LiangOptions()
+
+    @classmethod
+    def benchmark_module(cls) -> torch.nn.Module:
+        return LiangNet(cls.benchmark_options().network_config())
+
+    @classmethod
+    def write_benchmark_checkpoint(cls, model_dir: str | os.PathLike) -> None:
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
+        options = cls.benchmark_options()
+        net = LiangNet(options.network_config())
+        save_checkpoint(Path(model_dir) / "localization.pt", net, config=net.config.to_dict(),
+                        options=asdict(options), val_images=[])
+
+
+class CamSelfTrainingTrain(MammoTrainTask):
+    """Classifier, then the recursive self-training rounds, from image-level findings only."""
+
+    name = "train_cam_self_training"
+    checkpoint_name = "localization"
+    defaults = {k: v for k, v in asdict(LiangOptions()).items() if k not in ("epochs", "device", "val_fraction", "seed", "resume")}
+
+    def __init__(self, model_dir: str | Path, description: str = "Train the CAM + self-training lesion localizer "
+                 "(Liang et al.) from image-level findings", defaults: dict[str, Any] | None = None):
+        super().__init__(model_dir, description, defaults)
+
+    def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
+        return train_liang(inventory, LiangOptions.from_mapping(options), out)
