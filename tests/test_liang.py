@@ -8,9 +8,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines.liang import LiangOptions, TrainingItems, augment, localize, map_points, render_labelmap
+from mammolabel.engines.liang import (
+    LiangOptions,
+    TrainingItems,
+    augment,
+    localize,
+    map_points,
+    render_labelmap,
+    train_liang,
+)
 from mammolabel.errors import InputError
+from mammolabel.io import read_label
 from mammolabel.losses.liang import TrimapBCELoss
 from mammolabel.networks.liang import (
     BACKGROUND,
@@ -136,7 +146,7 @@ def test_second_and_third_layers_are_one_shared_parameter_object():
     assert len(unique) == 2 * 2 + 2 * 2  # two first convs (weight, bias) + the shared 1x1 convs (weight, bias) once
 
     # an SGD step on CNN a's loss alone changes CNN b's output (through the shared layers), not b's first layer
-    f_a, f_b = torch.rand(1, net.self_training[0].first.conv.in_channels, 4, 4), torch.rand(1, b.first.conv.in_channels, 8, 8)
+    f_a, f_b = torch.rand(1, a.first.conv.in_channels, 4, 4), torch.rand(1, b.first.conv.in_channels, 8, 8)
     before, first_b = b(f_b).detach(), b.first.conv.weight.detach().clone()
     optimizer = torch.optim.SGD(a.parameters(), lr=0.5)
     TrimapBCELoss()(a(f_a), torch.ones(1, 1, 4, 4)).backward()
@@ -148,7 +158,7 @@ def test_second_and_third_layers_are_one_shared_parameter_object():
 # --- fusion --------------------------------------------------------------------------------------------
 def test_fusion_weights_sum_to_one_per_pixel():
     g = torch.Generator().manual_seed(1)
-    maps = [torch.rand(2, 1, 2, 3, generator=g), torch.rand(2, 1, 4, 6, generator=g), torch.rand(2, 1, 8, 12, generator=g)]
+    maps = [torch.rand(2, 1, h, w, generator=g) for h, w in ((2, 3), (4, 6), (8, 12))]
     fused, weights = fuse_maps(maps)
     assert fused.shape == (2, 1, 8, 12) and weights.shape == (2, 3, 8, 12)
     np.testing.assert_allclose(weights.sum(dim=1), torch.ones(2, 8, 12), atol=1e-6)
@@ -199,7 +209,8 @@ def test_positives_enter_in_the_papers_five_versions():
     assert torch.equal(augment(image, "rot180"), image.flip(-1).flip(-2))
     assert torch.equal(augment(augment(image, "rot90"), "rot270"), image)
     items = TrainingItems([type("S", (), {"image": image})()] * 3, [True, False, True], augment_positives=True)
-    assert len(items) == 11 and [v for i, v in items.items if i == 0] == ["original", "flip", "rot90", "rot180", "rot270"]
+    assert len(items) == 11
+    assert [v for i, v in items.items if i == 0] == ["original", "flip", "rot90", "rot180", "rot270"]
     assert [int(items[k]["label"]) for k in range(len(items))] == [1] * 5 + [0] + [1] * 5
     assert len(TrainingItems(items.samples, [True, False, True], augment_positives=False)) == 3
 
@@ -207,7 +218,8 @@ def test_positives_enter_in_the_papers_five_versions():
 @pytest.mark.parametrize(
     "values, match",
     [({"size": 100}, "multiple of 32"), ({"positive": "benign"}, "positive"), ({"t_f": 0.05}, "t_b"),
-     ({"heat_levels": "0.5,0.3"}, "heat_levels"), ({"heat_levels": "a,b"}, "heat_levels"), ({"epochs": 0}, "at least 1")],
+     ({"heat_levels": "0.5,0.3"}, "heat_levels"), ({"heat_levels": "a,b"}, "heat_levels"),
+     ({"epochs": 0}, "at least 1")],
 )
 def test_bad_options_are_clear_errors(values, match):
     with pytest.raises(InputError, match=match):
@@ -256,7 +268,8 @@ def test_localize_and_infer_task_put_points_on_the_original_image(tmp_path):
 
     canonical = np.ascontiguousarray(pixels[:, ::-1]).astype(np.float32)
     found = localize(_Identity(), canonical, options)
-    per_input_px = max((found.frame.crop[2] - found.frame.crop[0]) / 64, (found.frame.crop[3] - found.frame.crop[1]) / 64)
+    r0, c0, r1, c1 = found.frame.crop
+    per_input_px = max(r1 - r0, c1 - c0) / 64  # full-image pixels per input pixel
     assert abs(found.points[0]["x"] - (cols - 1 - spot[0])) <= per_input_px
     assert abs(found.points[0]["y"] - spot[1]) <= per_input_px
 
@@ -272,8 +285,6 @@ def test_localize_and_infer_task_put_points_on_the_original_image(tmp_path):
     best = result["points"][0]
     assert abs(best["x"] - spot[0]) <= per_input_px and abs(best["y"] - spot[1]) <= per_input_px
     assert abs(result["peaks"]["cam"]["x"] - spot[0]) <= per_input_px
-    from mammolabel.io import read_label
-
     labelmap = read_label(label_file)
     assert labelmap.shape == (rows, cols) and labelmap[spot[1], spot[0]] == 1
     assert labelmap[:, :40].max() == 0  # nothing far from the breast, which lies on the right
@@ -284,7 +295,8 @@ def test_render_labelmap_levels_and_disks():
     lab = render_labelmap(heat, [{"x": 10.0, "y": 20.0, "score": 1.0}], [0.3, 0.5, 0.7], radius=3)
     assert lab.dtype == np.uint8
     assert lab[0, 29] == 0 and lab[0, 30] == 2 and lab[0, 49] == 2 and lab[0, 50] == 3 and lab[0, 70] == 4
-    assert lab[20, 10] == 1 and lab[20, 12] == 1 and lab[20, 14] == 0 and (lab == 1).sum() == 25  # offsets with dx^2 + dy^2 < 9
+    assert lab[20, 10] == 1 and lab[20, 12] == 1 and lab[20, 14] == 0
+    assert (lab == 1).sum() == 25  # integer offsets with dx^2 + dy^2 < 9
 
 
 def test_score_hits_with_a_tolerance_scaled_to_pixel_spacing():
@@ -310,9 +322,6 @@ def test_score_hits_with_a_tolerance_scaled_to_pixel_spacing():
 
 
 def test_training_needs_both_classes(tmp_path):
-    from mammolabel.data.datastore import LabelInventory
-    from mammolabel.engines.liang import train_liang
-
     normals = [ImageLabels(f"n{i}", f"n{i}.png", f"p{i}", finding="normal") for i in range(6)]
     with pytest.raises(InputError, match="both with and without a positive \\(abnormal\\) finding"):
         train_liang(LabelInventory(normals), LiangOptions(size=64), tmp_path / "x.pt")

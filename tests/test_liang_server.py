@@ -36,7 +36,8 @@ def write_small_checkpoint(model_dir, **overrides) -> None:
     with torch.no_grad():  # a few batch-norm updates, so that the maps are not flat at initialisation
         for _ in range(3):
             net(torch.rand(2, 1, 64, 64))
-    save_checkpoint(model_dir / "localization.pt", net, config=net.config.to_dict(), options=asdict(options), val_images=[])
+    save_checkpoint(model_dir / "localization.pt", net, config=net.config.to_dict(), options=asdict(options),
+                    val_images=[])
 
 
 def test_without_checkpoint_the_task_names_its_train_task(server):

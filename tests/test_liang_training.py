@@ -54,6 +54,11 @@ def test_train_resume_and_evaluate_from_the_command_line(phantom_copy, tmp_path,
     again = load_checkpoint(out)
     assert all(torch.equal(again["model"][k], ckpt["model"][k]) for k in ckpt["model"])
 
+    # other options: the finished stages are not resumed but trained afresh
+    changed = run_cli(capsys, *args[:-2], "--set", "self_training_epochs=1", "--set", "t_f=0.5")
+    assert [s["epochs_run"] for s in changed["stages"]] == [epochs, 1, 1]
+    assert load_checkpoint(out)["options"]["t_f"] == 0.5
+
     metrics = run_cli(capsys, "evaluate", "localization", "--checkpoint", str(out), "--studies", str(studies),
                       "--out", str(tmp_path / "eval"), "--split", "val")
     assert metrics["n_images"] == len(ckpt["val_images"])

@@ -44,7 +44,7 @@ from mammolabel.engines.progress import Progress
 from mammolabel.errors import InputError
 from mammolabel.losses.liang import TrimapBCELoss
 from mammolabel.metrics import auc
-from mammolabel.networks.liang import BACKGROUND, POSITIVE, LiangConfig, LiangNet, trimap
+from mammolabel.networks.liang import BACKGROUND, POSITIVE, UNKNOWN, LiangConfig, LiangNet, trimap
 from mammolabel.transforms.geometry import Frame, make_frame
 
 logger = logging.getLogger("mammolabel")
@@ -151,8 +151,8 @@ class TrainingItems(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample, variant = self.items[index]
-        return {"image": augment(self.samples[sample].image, variant), "label": torch.tensor(int(self.positive[sample])),
-                "item": torch.tensor(index)}
+        return {"image": augment(self.samples[sample].image, variant),
+                "label": torch.tensor(int(self.positive[sample])), "item": torch.tensor(index)}
 
 
 def _loader(dataset: Dataset, batch_size: int, shuffle_seed: int | None = None) -> DataLoader:
@@ -206,8 +206,8 @@ def _classifier_stage(net: LiangNet, train: TrainingItems, val: TrainingItems, o
 
     optimizer = torch.optim.SGD(net.classifier.parameters(), lr=options.lr, momentum=options.momentum)
     result = fit(net, optimizer, lambda epoch: _loader(train, options.batch_size, options.seed * 7919 + epoch),
-                 math.ceil(len(train) / options.batch_size), step, validate, metric, out, _fit_options(options, options.epochs),
-                 meta={**meta, "stage": "classifier"}, desc="liang classifier")
+                 math.ceil(len(train) / options.batch_size), step, validate, metric, out,
+                 _fit_options(options, options.epochs), meta={**meta, "stage": "classifier"}, desc="liang classifier")
     return {"stage": "classifier", "metric": metric, **asdict(result)}
 
 
@@ -215,7 +215,8 @@ def _self_training_round(net: LiangNet, index: int, train: TrainingItems, val: T
                          out: Path, meta: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """One self-training round: CNN ``index`` learns this round's trimaps on its frozen feature map."""
     tap = net.config.taps[index]
-    targets = {"train": pseudo_labels(net, train, index, options, device), "val": pseudo_labels(net, val, index, options, device)}
+    targets = {"train": pseudo_labels(net, train, index, options, device),
+               "val": pseudo_labels(net, val, index, options, device)}
     counts = {f"{name}_{kind}": float((t == value).float().mean()) for name, t in targets.items()
               for kind, value in (("foreground", 1.0), ("background", 0.0))}
     logger.info(f"liang self-training round {index + 1} (block {tap}): trimap fractions {counts}")
@@ -238,18 +239,32 @@ def _self_training_round(net: LiangNet, index: int, train: TrainingItems, val: T
             target = targets["val"][batch["item"]].to(device)
             feature = model.classifier(batch["image"].to(device)).features[tap]
             total += float(sum_loss(model.self_training[index](feature).float(), target))
-            known += float((target != -1).sum())
+            known += float((target != UNKNOWN).sum())
         return {"val_neg_bce": -total / known} if known else {}  # no confident validation pixel: nothing to compare
 
     optimizer = torch.optim.SGD(net.self_training[index].parameters(), lr=options.lr, momentum=options.momentum)
-    result = fit(net, optimizer, batches, math.ceil(len(train) / options.batch_size), step, validate, "val_neg_bce", out,
-                 _fit_options(options, options.self_training_epochs), meta={**meta, "stage": f"self_training_{tap}"},
-                 desc=f"liang self-training block {tap}")
+    result = fit(net, optimizer, batches, math.ceil(len(train) / options.batch_size), step, validate, "val_neg_bce",
+                 out, _fit_options(options, options.self_training_epochs),
+                 meta={**meta, "stage": f"self_training_block{tap}"}, desc=f"liang self-training block {tap}")
     return {"stage": f"self_training_block{tap}", "trimap": counts, **asdict(result)}
 
 
 def _fit_options(options: LiangOptions, epochs: int) -> FitOptions:
     return FitOptions(epochs=epochs, device=options.device, resume=options.resume)
+
+
+def _stale(stages_dir: Path, meta: dict[str, Any]) -> bool:
+    """Whether the stages on disk were trained with other options or images (then they are not resumed)."""
+    last = stages_dir / "classifier.last.pt"
+    if not last.exists():
+        return False
+    old = load_checkpoint(last)
+    free = ("epochs", "self_training_epochs", "resume", "device")  # may change between a run and its resumption
+    same = {k: v for k, v in meta["options"].items() if k not in free}
+    stale = old.get("train_images") != meta["train_images"] or any(old["options"].get(k) != v for k, v in same.items())
+    if stale:
+        logger.info(f"liang: {stages_dir} holds a run with other options or images; starting afresh")
+    return stale
 
 
 def _load_best(net: LiangNet, path: Path) -> None:
@@ -268,8 +283,11 @@ def train_liang(inventory: LabelInventory, options: LiangOptions, out: str | Pat
     train_records, val_records = split_by_patient(records, options.val_fraction, options.seed)
     if not train_records or not any(r.finding in positives for r in train_records) or all(
             r.finding in positives for r in train_records):
-        raise InputError(f"train_cam_self_training needs training images both with and without a positive ({options.positive}) "
-                         f"finding; the datastore has {report}")
+        raise InputError(f"train_cam_self_training needs training images both with and without a positive "
+                         f"({options.positive}) finding; the datastore has {report}")
+    if not val_records:
+        raise InputError(f"train_cam_self_training needs validation images (val_fraction={options.val_fraction}); "
+                         f"the datastore has {report}")
     torch.manual_seed(options.seed)
     device = resolve_device(options.device)
     net = LiangNet(options.network_config())
@@ -290,12 +308,9 @@ def train_liang(inventory: LabelInventory, options: LiangOptions, out: str | Pat
     meta = {"config": net.config.to_dict(), "options": asdict(options), "label_report": report,
             "val_images": [r.image_id for r in val_records], "train_images": [r.image_id for r in train_records]}
     stages_dir = out.with_name(out.stem + ".stages")
-    if not options.resume and stages_dir.exists():
+    if stages_dir.exists() and (not options.resume or _stale(stages_dir, meta)):
         shutil.rmtree(stages_dir)
     stages_dir.mkdir(parents=True, exist_ok=True)
-    if not val:
-        raise InputError(f"train_cam_self_training needs validation images (val_fraction={options.val_fraction}); "
-                         f"the datastore has {report}")
 
     summary = [_classifier_stage(net, train, val, options, stages_dir / "classifier.pt", meta)]
     _load_best(net, stages_dir / "classifier.pt")
@@ -330,7 +345,8 @@ class Localization:
     frame: Frame
 
 
-def map_points(heat: np.ndarray, frame: Frame, threshold: float, max_points: int, min_distance: int) -> list[dict[str, float]]:
+def map_points(heat: np.ndarray, frame: Frame, threshold: float, max_points: int,
+               min_distance: int) -> list[dict[str, float]]:
     """Local maxima of an input-frame map above ``threshold`` (best first), as full canonical points."""
     peaks = peak_local_max(heat, min_distance=max(1, min_distance), threshold_abs=threshold, exclude_border=False)
     ranked = sorted(((float(heat[r, c]), int(c), int(r)) for r, c in peaks), reverse=True)[:max_points]
@@ -342,7 +358,8 @@ def _full_point(frame: Frame, x: int, y: int, score: float) -> dict[str, float]:
     return {"x": fx, "y": fy, "score": score}
 
 
-def localize(net: LiangNet, pixels: np.ndarray, options: LiangOptions, device: str | torch.device = "cpu") -> Localization:
+def localize(net: LiangNet, pixels: np.ndarray, options: LiangOptions,
+             device: str | torch.device = "cpu") -> Localization:
     """Run the model on a canonical (rows, cols) image in [0, 1] and find the lesion points."""
     frame = make_frame(pixels, (options.size, options.size), options.crop_breast)
     x = torch.from_numpy(frame.to_input(pixels))[None, None].to(device)

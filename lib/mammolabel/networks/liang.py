@@ -66,6 +66,11 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int | Sequence[int
     )
 
 
+def pooled_branch(in_channels: int, out_channels: int) -> nn.Sequential:
+    """The pooled branch of the Inception blocks: 3x3 average pooling (stride 1), then a 1x1 layer."""
+    return nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), conv_bn(in_channels, out_channels, 1))
+
+
 class _Widths:
     """Channel counts of the standard Inception-V3 scaled by ``width`` (at least one channel each)."""
 
@@ -85,8 +90,10 @@ class InceptionA(nn.Module):
         super().__init__()
         self.branch1x1 = conv_bn(in_channels, c(64), 1)
         self.branch5x5 = nn.Sequential(conv_bn(in_channels, c(48), 1), conv_bn(c(48), c(64), 5))
-        self.branch3x3dbl = nn.Sequential(conv_bn(in_channels, c(64), 1), conv_bn(c(64), c(96), 3), conv_bn(c(96), c(96), 3))
-        self.branch_pool = nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), conv_bn(in_channels, pool_channels, 1))
+        self.branch3x3dbl = nn.Sequential(
+            conv_bn(in_channels, c(64), 1), conv_bn(c(64), c(96), 3), conv_bn(c(96), c(96), 3)
+        )
+        self.branch_pool = pooled_branch(in_channels, pool_channels)
         self.out_channels = c(64) + c(64) + c(96) + pool_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +129,7 @@ class InceptionC(nn.Module):
             conv_bn(in_channels, c7, 1), conv_bn(c7, c7, (7, 1)), conv_bn(c7, c7, (1, 7)),
             conv_bn(c7, c7, (7, 1)), conv_bn(c7, c(192), (1, 7)),
         )
-        self.branch_pool = nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), conv_bn(in_channels, c(192), 1))
+        self.branch_pool = pooled_branch(in_channels, c(192))
         self.out_channels = 4 * c(192)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +163,7 @@ class InceptionE(nn.Module):
         self.branch3x3_a, self.branch3x3_b = conv_bn(c(384), c(384), (1, 3)), conv_bn(c(384), c(384), (3, 1))
         self.branch3x3dbl = nn.Sequential(conv_bn(in_channels, c(448), 1), conv_bn(c(448), c(384), 3))
         self.branch3x3dbl_a, self.branch3x3dbl_b = conv_bn(c(384), c(384), (1, 3)), conv_bn(c(384), c(384), (3, 1))
-        self.branch_pool = nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), conv_bn(in_channels, c(192), 1))
+        self.branch_pool = pooled_branch(in_channels, c(192))
         self.out_channels = c(320) + 4 * c(384) + c(192)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,7 +207,8 @@ class InceptionV3Features(nn.Module):
         mixed_7b = InceptionE(mixed_7a.out_channels, c)
         mixed_7c = InceptionE(mixed_7b.out_channels, c)
         self.blocks = nn.ModuleList(
-            [mixed_5b, mixed_5c, mixed_5d, mixed_6a, mixed_6b, mixed_6c, mixed_6d, mixed_6e, mixed_7a, mixed_7b, mixed_7c]
+            [mixed_5b, mixed_5c, mixed_5d, mixed_6a, mixed_6b, mixed_6c, mixed_6d, mixed_6e, mixed_7a, mixed_7b,
+             mixed_7c]
         )
         self.channels = [b.out_channels for b in self.blocks]
 
@@ -377,8 +385,9 @@ class LiangNet(nn.Module):
         return [torch.sigmoid(cnn(features[t]).float()) for cnn, t in zip(self.self_training, self.config.taps)]
 
     def forward(self, x: torch.Tensor) -> LiangOutput:
-        # 1) classification network: image probability, CAM heatmap, intermediate feature maps F_3, F_8
-        probability, cam, features = self.cam(x)  # (B,), (B, 1, H/32, W/32), {8: (B, 768w, H/16, W/16), 3: (B, 288w, H/8, W/8)}
+        # 1) classification network: image probability, CAM heatmap, intermediate feature maps F_8, F_3
+        # (B,), (B, 1, H/32, W/32), {8: (B, 768w, H/16, W/16), 3: (B, 288w, H/8, W/8)}
+        probability, cam, features = self.cam(x)
         # 2) self-training CNNs on the intermediate feature maps
         maps = self.self_training_maps(features)  # [(B, 1, H/16, W/16), (B, 1, H/8, W/8)]
         # 3) test stage: softmax fusion of the CAM and the self-training maps

@@ -111,8 +111,8 @@ class LocalizationInfer(MammoInferTask):
         located = [r for r in rows if r.get("hit") is not None]
         names = sorted({k[4:] for r in located for k in r if k.startswith("hit_")})
         rates = {f"hit_rate_{n}": float(np.mean([r[f"hit_{n}"] for r in located])) if located else None for n in names}
-        return {"n_located": len(located), "hit_rate_fused": float(np.mean([r["hit"] for r in located])) if located else None,
-                **rates}
+        fused = float(np.mean([r["hit"] for r in located])) if located else None
+        return {"n_located": len(located), "hit_rate_fused": fused, **rates}
 
     @classmethod
     def benchmark_options(cls) -> LiangOptions:
@@ -137,7 +137,8 @@ class CamSelfTrainingTrain(MammoTrainTask):
 
     name = "train_cam_self_training"
     checkpoint_name = "localization"
-    defaults = {k: v for k, v in asdict(LiangOptions()).items() if k not in ("epochs", "device", "val_fraction", "seed", "resume")}
+    defaults = {k: v for k, v in asdict(LiangOptions()).items()
+                if k not in ("epochs", "device", "val_fraction", "seed", "resume")}  # those five come from the base
 
     def __init__(self, model_dir: str | Path, description: str = "Train the CAM + self-training lesion localizer "
                  "(Liang et al.) from image-level findings", defaults: dict[str, Any] | None = None):
