@@ -96,6 +96,8 @@ class MammoLabelApp(MONAILabelApp):
         uploaded = isinstance(image, str) and os.path.dirname(image) == tempfile.gettempdir() and os.path.isfile(image)
         if isinstance(image, str) and not uploaded:
             check_name(image, "image id")
-            if image not in (datastore or self.datastore()).list_images():
+            store = datastore or self.datastore()
+            if image not in store.list_images():
                 raise NotFoundError(f"image '{image}' is not in the datastore")
+            request = {"laterality": store.get_image_info(image).get("laterality"), **request}
         return super().infer(request, datastore)

@@ -33,7 +33,7 @@ class Sample:
 
 def prepare(record: ImageLabels, size: tuple[int, int], crop_breast: bool = True) -> Sample:
     """Read, canonicalise, crop to the breast and resize an image and every label it has."""
-    image = canonicalise(read_mammogram(record.image_path))
+    image = canonicalise(read_mammogram(record.image_path), record.laterality)
     flipped = bool(image.meta["flipped"])
     frame = make_frame(image.pixels, size, crop_breast)
 

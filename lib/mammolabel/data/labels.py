@@ -58,6 +58,7 @@ class ImageLabels:
     image_id: str
     image_path: str
     patient_id: str
+    laterality: str | None = None
     finding: str | None = None
     lesion_types: list[str] = field(default_factory=list)
     boxes: list[Box] = field(default_factory=list)

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from mammolabel.data.labels import TAG_BOX, TAG_FINDING, TAG_MASK, box_mask
 from mammolabel.errors import InputError
-from mammolabel.io import read_mammogram, write_grey_png, write_labelmap
+from mammolabel.io import read_mammogram, write_labelmap
 
 logger = logging.getLogger("mammolabel")
 
@@ -55,6 +56,11 @@ class MiasFilm:
     def finding(self) -> str:
         sev = {les.severity for les in self.lesions}
         return "malignant" if "M" in sev else ("benign" if "B" in sev else "normal")
+
+    @property
+    def laterality(self) -> str:
+        """Odd film numbers are right breasts, even numbers left ones."""
+        return "R" if int(self.ref[3:]) % 2 else "L"
 
     @property
     def patient_id(self) -> str:
@@ -102,11 +108,14 @@ def import_mias(mias_dir: str | os.PathLike, datastore_dir: str | os.PathLike) -
                 problems.append(f"{info}: film {ref} is listed but neither {ref}.png nor {ref}.pgm exists; skipped")
                 counts["missing"] += 1
                 continue
-            image = read_mammogram(source)
-            png = source if source.suffix == ".png" else write_grey_png(Path(tmp) / f"{ref}.png", image.pixels)
-            rows, cols = image.shape
-            store.add_image(ref, str(png), {"patient_id": film.patient_id, "tissue": film.tissue,
-                                            "spacing_mm": 0.2, "view": "MLO", "source": "MIAS"})
+            rows, cols = read_mammogram(source).shape  # validates the film
+            png = source
+            if source.suffix == ".pgm":  # same stored values, as PNG
+                png = Path(tmp) / f"{ref}.png"
+                with Image.open(source) as im:
+                    im.save(png, format="PNG")
+            store.add_image(ref, str(png), {"patient_id": film.patient_id, "laterality": film.laterality,
+                                            "tissue": film.tissue, "spacing_mm": 0.2, "view": "MLO", "source": "MIAS"})
             located = [les for les in film.lesions if les.centre is not None]
             points = [[float(x), float(rows - 1 - y)] for x, y in (les.centre for les in located)]
             radii = [float(les.radius) for les in located]

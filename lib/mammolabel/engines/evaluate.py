@@ -26,9 +26,12 @@ from mammolabel.tasks.infer import MammoInferTask
 logger = logging.getLogger("mammolabel")
 
 
-def run_task(task: MammoInferTask, image_path: str, device: str = "cpu") -> tuple[np.ndarray, dict[str, Any]]:
+def run_task(
+    task: MammoInferTask, image_path: str, device: str = "cpu", laterality: str | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Run ``task`` on one image as the server does; return the labelmap (original orientation) and JSON."""
-    label_file, result = task({"image": image_path, "device": device})
+    request = {"image": image_path, "device": device, "logging": "WARNING", "laterality": laterality}
+    label_file, result = task(request)
     try:
         return read_label(label_file), result
     finally:
@@ -88,7 +91,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     progress = Progress(len(records), f"evaluate {task.name}", every_s=15)
     for rec in records:
-        labelmap, result = run_task(task, rec.image_path, device)
+        labelmap, result = run_task(task, rec.image_path, device, rec.laterality)
         rows.append({"image_id": rec.image_id, "finding": rec.finding, **task.score(rec, labelmap, result)})
         progress.update()
 
@@ -104,7 +107,7 @@ def evaluate(
     for kind, chosen in picked.items():
         for row in chosen:
             rec = by_id[row["image_id"]]
-            labelmap, result = run_task(task, rec.image_path, device)
+            labelmap, result = run_task(task, rec.image_path, device, rec.laterality)
             truth = read_label(rec.mask_path, labelmap.shape) if rec.mask_path else None
             points = [(p["x"], p["y"]) for p in result.get("points", [])]
             save_overlay(out_dir / f"{kind}_{rec.image_id}.png", read_mammogram(rec.image_path).pixels,

@@ -54,6 +54,8 @@ def read_dicom(path: Path) -> Mammogram:
     if raw.ndim != 2:
         raise InputError(f"{path}: expected a 2D image, got pixel array of shape {raw.shape}")
     values = apply_modality_lut(raw, ds)
+    if np.issubdtype(values.dtype, np.floating) and np.array_equal(values, np.round(values)):
+        values = values.astype(np.int32)  # a LUT indexes integers; an identity rescale made them float
     if "VOILUTSequence" in ds or "WindowCenter" in ds:
         values = apply_voi_lut(values, ds, index=0)
     pixels = normalise(np.asarray(values, dtype=np.float32))
@@ -68,6 +70,7 @@ def read_dicom(path: Path) -> Mammogram:
         "spacing": (float(spacing[0]), float(spacing[1])) if spacing else None,
         "laterality": (ds.get("ImageLaterality") or ds.get("Laterality") or None),
         "view": ds.get("ViewPosition") or None,
+        "patient_orientation": [str(v) for v in ds.get("PatientOrientation") or []],
         "photometric": photometric,
         "modality": ds.get("Modality"),
         "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
@@ -133,7 +136,7 @@ def write_dicom_mg(
     ds.ImageLaterality = laterality
     ds.Laterality = laterality
     ds.ViewPosition = view
-    ds.PatientOrientation = ["P", "L"] if laterality == "R" else ["A", "R"]
+    ds.PatientOrientation = ["P", "F"] if laterality == "R" else ["A", "F"]  # chest wall right for R, as hung
     ds.BodyPartExamined = "BREAST"
     ds.ImagerPixelSpacing = [spacing_mm, spacing_mm]
     ds.PixelSpacing = [spacing_mm, spacing_mm]

@@ -1,8 +1,11 @@
 """Canonical orientation: chest wall on the left, nipple to the right.
 
-Networks always see canonical images. Whether an image was flipped is decided from its pixels
-(the chest-wall edge is the one the breast covers), recorded in the metadata as ``flipped`` and
-undone on every output, so that results overlay the image exactly as the viewer shows it.
+Networks always see canonical images. The chest-wall side of a stored image is taken, in order,
+from DICOM Patient Orientation (rows running towards P(osterior) put the chest wall on the right),
+from the laterality (right breasts are stored with the chest wall on the right, as they are hung),
+or, when neither is known, from the pixels. The flip is recorded in the metadata as ``flipped``
+(with ``orientation_source``) and undone on every output, so that results overlay the image
+exactly as the viewer shows it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from skimage.filters import threshold_otsu
 from mammolabel.io.image import Mammogram
 
 WORK_SIZE = 512
+#: Foreground threshold as a fraction of the Otsu threshold: low enough to keep the faint skin zone.
+FOREGROUND_FRACTION = 0.2
 
 
 def body_mask(pixels: np.ndarray, work_size: int = WORK_SIZE) -> tuple[np.ndarray, float]:
@@ -28,12 +33,13 @@ def body_mask(pixels: np.ndarray, work_size: int = WORK_SIZE) -> tuple[np.ndarra
     smooth = ndimage.gaussian_filter(small, 2.0)
     if smooth.max() <= smooth.min():
         return np.zeros(smooth.shape, bool), scale
-    lab, n = ndimage.label(smooth > threshold_otsu(smooth) * 0.6)
+    lab, n = ndimage.label(smooth > threshold_otsu(smooth) * FOREGROUND_FRACTION)
     if n == 0:
         return np.zeros(smooth.shape, bool), scale
     sizes = ndimage.sum(np.ones_like(lab), lab, index=np.arange(1, n + 1))
-    mask = lab == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=3)), scale
+    mask = np.pad(lab == (int(np.argmax(sizes)) + 1), 3, mode="edge")  # closing must not eat the film edge
+    mask = ndimage.binary_closing(mask, iterations=3)[3:-3, 3:-3]
+    return ndimage.binary_fill_holes(mask), scale
 
 
 def chest_wall_side(pixels: np.ndarray) -> str:
@@ -54,12 +60,26 @@ def chest_wall_side(pixels: np.ndarray) -> str:
     return "left" if left >= right else "right"
 
 
-def canonicalise(image: Mammogram) -> Mammogram:
-    """Return the image in canonical orientation, with ``flipped`` and ``chest_wall`` in its metadata."""
-    side = chest_wall_side(image.pixels)
+def chest_wall_from_metadata(meta: dict, laterality: str | None = None) -> tuple[str, str] | None:
+    """(side, source) from DICOM Patient Orientation or laterality, or None when neither is known."""
+    orientation = meta.get("patient_orientation") or []
+    if orientation and str(orientation[0])[:1] in ("A", "P"):
+        return ("right" if str(orientation[0]).startswith("P") else "left"), "patient_orientation"
+    laterality = str(laterality or meta.get("laterality") or "").upper()[:1]
+    if laterality in ("L", "R"):
+        return ("right" if laterality == "R" else "left"), "laterality"
+    return None
+
+
+def canonicalise(image: Mammogram, laterality: str | None = None) -> Mammogram:
+    """Return the image in canonical orientation (see module docstring); ``laterality`` is a hint ("L"/"R")."""
+    known = chest_wall_from_metadata(image.meta, laterality)
+    side, source = known if known else (chest_wall_side(image.pixels), "pixels")
     flipped = side == "right"
     pixels = np.ascontiguousarray(image.pixels[:, ::-1]) if flipped else image.pixels
-    meta = dict(image.meta, flipped=flipped, chest_wall=side, original_shape=image.shape)
+    meta = dict(image.meta, flipped=flipped, chest_wall=side, orientation_source=source, original_shape=image.shape)
+    if laterality and not meta.get("laterality"):
+        meta["laterality"] = str(laterality).upper()[:1]
     return Mammogram(pixels, meta)
 
 

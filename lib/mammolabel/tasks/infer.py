@@ -20,6 +20,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from mammolabel.data.labels import ImageLabels
+from mammolabel.engines.checkpoint import load_checkpoint
 from mammolabel.errors import ModelNotTrainedError
 from mammolabel.io import boxes_from_canonical, from_canonical, points_from_canonical, write_labelmap
 from mammolabel.transforms import LoadMammogramd
@@ -108,6 +109,27 @@ class MammoInferTask(BasicInferTask):
     def summarise(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Task-specific aggregates added to ``metrics.json``."""
         return {}
+
+    def build_network(self, checkpoint: dict[str, Any]) -> torch.nn.Module:
+        """Build the (untrained) network described by a checkpoint's stored configuration."""
+        raise NotImplementedError
+
+    def load(self, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The trained network on ``device`` and its checkpoint, cached until the file changes.
+
+        The network is rebuilt from the configuration stored in the checkpoint, so any checkpoint
+        a train task wrote is served as it was trained; weights are read with ``weights_only=True``.
+        """
+        path = self.checkpoint()
+        if not path or not os.path.exists(path):
+            raise ModelNotTrainedError(self.name, self.train_task or "?", str(path))
+        key = (path, os.stat(path).st_mtime_ns, str(device))
+        if getattr(self, "_loaded", (None,))[0] != key:
+            ckpt = load_checkpoint(path)
+            network = self.build_network(ckpt)
+            network.load_state_dict(ckpt["model"])
+            self._loaded = (key, network.to(device).eval(), ckpt)
+        return self._loaded[1], self._loaded[2]
 
     # --- benchmark hooks (mammolabel benchmark) ------------------------------------------------
     @classmethod

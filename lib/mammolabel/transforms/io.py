@@ -18,7 +18,8 @@ class LoadMammogramd(MapTransform):
 
     Unlike MONAI's 2D readers this keeps (rows, cols) order. ``meta`` holds the reader's metadata
     plus ``flipped`` (True when the image was mirrored to put the chest wall on the left),
-    ``chest_wall`` and ``original_shape``; outputs are mapped back with them. Label keys listed in
+    ``chest_wall`` and ``original_shape``; outputs are mapped back with them. ``d["laterality"]``,
+    when present (e.g. from the datastore's image info), is used as a hint. Label keys listed in
     ``label_keys`` are read as uint8 masks of the same size and given the same flip.
     """
 
@@ -29,7 +30,7 @@ class LoadMammogramd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            image = canonicalise(read_mammogram(str(d[key])))
+            image = canonicalise(read_mammogram(str(d[key])), d.get("laterality"))
             meta = dict(image.meta, filename_or_obj=image.meta["path"])
             d[key] = MetaTensor(torch.from_numpy(image.pixels[None].copy()), meta=meta)
             for label_key in self.label_keys:

@@ -1,0 +1,84 @@
+"""Shared fixtures: phantom datastores, the real MONAI Label server, the MIAS development films."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mammolabel.data.phantoms import write_phantom_study
+from mammolabel.server_process import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+MIAS_DIR = ROOT.parent / "shared" / "data" / "mini-mias-dev"
+PGM_DIR = ROOT.parent / "shared" / "data" / "pgm-samples"
+ON_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def full_training() -> bool:
+    """Long training checks run in full with MAMMOLABEL_FULL_TRAINING=1, in a reduced form otherwise."""
+    return os.environ.get("MAMMOLABEL_FULL_TRAINING") == "1"
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A read-only phantom study set (12 images, all masks); copy it before changing it."""
+    out = tmp_path_factory.mktemp("phantoms") / "studies"
+    write_phantom_study(out, n=12, seed=0)
+    return out
+
+
+@pytest.fixture()
+def phantom_copy(phantom_dir, tmp_path) -> Path:
+    """A private, writable copy of the phantom study set."""
+    dest = tmp_path / "studies"
+    shutil.copytree(phantom_dir, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The real ``monailabel start_server`` over its own phantom studies, all models, a temp model folder.
+
+    Tests that need a trained task write a checkpoint into ``server.model_dir`` (tasks read it on use).
+    """
+    base = tmp_path_factory.mktemp("server")
+    studies = base / "studies"
+    write_phantom_study(studies, n=8, seed=1, dicom=False)
+    model_dir = base / "model"
+    model_dir.mkdir()
+    with ServerProcess(studies, conf={"models": "all", "model_dir": str(model_dir)}, log_path=base / "server.log") as srv:
+        srv.studies_dir, srv.model_dir = studies, model_dir
+        yield srv
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """``path`` if present; otherwise skip with the reason, or fail under CI=true."""
+    if path.is_dir():
+        return path
+    message = f"{what} not found at {path}"
+    if ON_CI:
+        pytest.fail(f"{message} (required when CI=true)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def mias_dir() -> Path:
+    return require_dir(MIAS_DIR, "MIAS development films")
+
+
+@pytest.fixture(scope="session")
+def pgm_dir() -> Path:
+    return require_dir(PGM_DIR, "MIAS PGM samples")
+
+
+@pytest.fixture(scope="session")
+def mias_datastore(mias_dir, tmp_path_factory) -> Path:
+    """The MIAS development films imported into a datastore (read-only for tests)."""
+    from mammolabel.data.mias import import_mias
+
+    out = tmp_path_factory.mktemp("mias") / "datastore"
+    import_mias(mias_dir, out)
+    return out
