@@ -16,6 +16,7 @@ from mammolabel.engines.tardy import (
     parse_size,
     parse_threshold,
     resolve_pretrained,
+    seeded,
     segmentation_loss,
 )
 from mammolabel.errors import InputError
@@ -102,7 +103,8 @@ def test_blocks_are_separable_instance_normed_leaky_and_top_long_skips_removed()
     f = config.features
     assert [d.conv1.depthwise.in_channels for d in model.decoder] == [f[1], f[2], f[3] + f[2]]
     # A full (non-separable) 3 x 3 convolution appears only in the single-channel stem.
-    full3x3 = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.groups == 1]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    full3x3 = [m for m in convs if m.kernel_size == (3, 3) and m.groups == 1]
     assert full3x3 == [model.stem[0]]
 
 
@@ -268,8 +270,9 @@ def test_reconstruction_pair_keeps_the_original_as_target_and_is_seeded():
     only_gamma = reconstruction_corruption(gamma_prob=1.0, paint_prob=0.0).set_random_state(0)({"image": x})
     gamma = float(torch.log(only_gamma["image"][0, 5, 5]) / torch.log(x[0, 5, 5]))
     torch.testing.assert_close(only_gamma["image"], x**gamma)
-    inpainted = reconstruction_corruption(gamma_prob=0.0, paint_prob=1.0, inpaint_rate=1.0).set_random_state(0)({"image": x})
-    outpainted = reconstruction_corruption(gamma_prob=0.0, paint_prob=1.0, inpaint_rate=0.0).set_random_state(0)({"image": x})
+    inpainted = reconstruction_corruption(gamma_prob=0.0, paint_prob=1.0, inpaint_rate=1.0).set_random_state(0)
+    outpainted = reconstruction_corruption(gamma_prob=0.0, paint_prob=1.0, inpaint_rate=0.0).set_random_state(0)
+    inpainted, outpainted = inpainted({"image": x}), outpainted({"image": x})
     kept_in, kept_out = (inpainted["image"] == x).float().mean(), (outpainted["image"] == x).float().mean()
     assert kept_in > 0.6 and kept_out < 0.6, (kept_in, kept_out)
     with pytest.raises(ValueError, match="must lie in"):
@@ -293,3 +296,13 @@ def test_options_parse_or_fail_clearly(tmp_path):
     assert resolve_pretrained("auto", tmp_path) == tmp_path / "pretrain_reconstruction.pt"
     with pytest.raises(InputError, match="pretrained checkpoint not found"):
         resolve_pretrained(str(tmp_path / "missing.pt"), tmp_path)
+
+
+def test_seeded_initialisation_is_reproducible_and_leaves_the_global_generator_alone():
+    before = torch.random.get_rng_state()
+    a = seeded(3, lambda: FullImageUNet(UNetConfig(**SMALL)))
+    b = seeded(3, lambda: FullImageUNet(UNetConfig(**SMALL)))
+    c = seeded(4, lambda: FullImageUNet(UNetConfig(**SMALL)))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert not torch.equal(a.head.weight, c.head.weight)

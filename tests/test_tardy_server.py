@@ -169,7 +169,8 @@ def test_cli_trains_both_stages_resumes_evaluates_and_infers(phantom_copy, tmp_p
     assert ckpt["subtraction"] is False and ckpt["initialised_from"] is None and ckpt["threshold"] == 0.3
     capsys.readouterr()
 
-    assert main(["evaluate", TASK, *studies, "--checkpoint", str(out), "--split", "val", "--out", str(tmp_path / "ev")]) == 0
+    evaluate = ["evaluate", TASK, *studies, "--checkpoint", str(out), "--split", "val", "--out", str(tmp_path / "ev")]
+    assert main(evaluate) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n_images"] == len(load_checkpoint(out)["val_images"]) and metrics["dice_mean"] is not None
     assert 0 <= metrics["dice_mean"] <= metrics["dice_max"] <= 1

@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -45,25 +45,33 @@ DISCRIMINATIVE_STAGE = "train_discriminative"
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.95, 0.05))
 #: The paper averages Dice over its last 10 epochs (Table 1, "DICE_Avg (on 10 eps)").
 LAST_EPOCHS = 10
+T = TypeVar("T")
 
 
 @dataclass
 class StageOptions:
-    """Options both stages share (the train tasks' ``defaults`` mirror them)."""
+    """Options both stages share, parsed from the train tasks' options."""
 
-    size: tuple[int, int] = (1536, 1536)
-    features: tuple[int, ...] = (32, 64, 128, 256, 512)
-    removed_long_skips: int = 1
-    crop_breast: bool = True
-    batch_size: int = 4
-    lr: float = 1e-3
-    val_fraction: float = 0.2
-    seed: int = 0
-    fit: FitOptions = field(default_factory=FitOptions)
+    size: tuple[int, int]
+    features: tuple[int, ...]
+    removed_long_skips: int
+    crop_breast: bool
+    batch_size: int
+    lr: float
+    val_fraction: float
+    seed: int
+    fit: FitOptions
 
     @property
     def network(self) -> UNetConfig:
         return UNetConfig(features=list(self.features), removed_long_skips=self.removed_long_skips)
+
+
+def seeded(seed: int, build: Callable[[], T]) -> T:
+    """``build()`` with torch's global generator seeded, leaving the caller's random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -166,12 +174,13 @@ def pretrain_reconstruction(inventory: LabelInventory, options: dict[str, Any], 
     config = stage.network
     try:
         check_size(stage.size, config)
-        network = FullImageUNet(config)
+        network = seeded(stage.seed, lambda: FullImageUNet(config))
     except ValueError as e:
         raise InputError(str(e)) from e
     records, report = pretraining_images(inventory)
     if not records:
-        raise InputError(f"{PRETRAIN_STAGE} needs images with a normal or benign finding (or none); found none ({report})")
+        raise InputError(f"{PRETRAIN_STAGE} needs images with a normal or benign finding (or none); "
+                         f"found none ({report})")
     train, val = split(records, stage, PRETRAIN_STAGE)
     logger.info(f"{PRETRAIN_STAGE}: {len(train)} training and {len(val)} validation images at "
                 f"{stage.size[0]}x{stage.size[1]}; labels {report}")
@@ -291,12 +300,13 @@ def train_discriminative(inventory: LabelInventory, options: dict[str, Any], out
         logger.info(f"{DISCRIMINATIVE_STAGE}: using the pretrained backbone's sizes {config.to_dict()}")
     check_size(stage.size, config)
     fixed_threshold = parse_threshold(options["threshold"])
-    model = DiscriminativeSegmenter(config, subtraction=not bool(options["no_subtraction"]))
+    model = seeded(stage.seed, lambda: DiscriminativeSegmenter(config, subtraction=not bool(options["no_subtraction"])))
     if weights is not None:
         initialise_backbone(model, weights)
     records, report = discriminative_images(inventory)
     if not records:
-        raise InputError(f"{DISCRIMINATIVE_STAGE} needs malignant images with a mask in labels/final; found none ({report})")
+        raise InputError(f"{DISCRIMINATIVE_STAGE} needs malignant images with a mask in labels/final; "
+                         f"found none ({report})")
     train, val = split(records, stage, DISCRIMINATIVE_STAGE)
     head = "subtraction" if model.subtraction else "segmentation (no subtraction)"
     logger.info(f"{DISCRIMINATIVE_STAGE}: {head} head, {'from ' + str(pretrained) if pretrained else 'from scratch'}; "

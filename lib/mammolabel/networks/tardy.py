@@ -50,7 +50,7 @@ class UNetConfig:
         in_channels: image channels (1 for a mammogram).
     """
 
-    features: Sequence[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    features: Sequence[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
     removed_long_skips: int = 1
     in_channels: int = 1
 
@@ -59,7 +59,8 @@ class UNetConfig:
         if len(self.features) < 2 or min(self.features) < 1:
             raise ValueError(f"features must list at least two positive channel counts, got {self.features}")
         if not 0 <= self.removed_long_skips <= len(self.features) - 1:
-            raise ValueError(f"removed_long_skips must lie in [0, {len(self.features) - 1}], got {self.removed_long_skips}")
+            raise ValueError(f"removed_long_skips must lie in [0, {len(self.features) - 1}], "
+                             f"got {self.removed_long_skips}")
 
     @property
     def divisor(self) -> int:
