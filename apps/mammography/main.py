@@ -3,10 +3,13 @@
 Each ``lib/configs/<model>.py`` holds one ``TaskConfig``; ``--conf models all`` (the default) or a
 comma-separated list picks which are served; ``--conf model_dir DIR`` moves the checkpoints folder
 (default ``model/`` in this app). The work itself lives in the ``mammolabel`` library.
+``--studies http(s)://.../dicom-web`` serves the mammograms (DICOM MG) of a DICOMweb server and stores
+every result back there as DICOM SEG, heatmap Secondary Capture and Structured Report.
 """
 
 import logging
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -23,7 +26,10 @@ from monailabel.utils.others.class_utils import get_class_names
 
 import mammolabel
 from mammolabel.data.datastore import MammoDatastore, check_name
+from mammolabel.data.dicomweb import DICOMwebError, DICOMwebMammoDatastore
+from mammolabel.data.dicomweb import from_settings as dicomweb_datastore
 from mammolabel.errors import InputError, NotFoundError
+from mammolabel.tasks.infer import MammoInferTask
 from mammolabel.tasks.server import install_error_handlers
 
 logger = logging.getLogger(__name__)
@@ -55,7 +61,12 @@ class MammoLabelApp(MONAILabelApp):
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            try:
+                return dicomweb_datastore(self.studies)
+            except DICOMwebError as e:
+                # One line instead of the traceback the ASGI start-up would print for any exception.
+                print(f"MammoLabel cannot start: {e}", file=sys.stderr, flush=True)
+                os._exit(2)
         return MammoDatastore(self.studies, auto_reload=True)
 
     def init_infers(self) -> dict[str, InferTask]:
@@ -63,6 +74,10 @@ class MammoLabelApp(MONAILabelApp):
         for config in self.models.values():
             task = config.infer()
             infers.update(task if isinstance(task, dict) else {config.name: task})
+        if isinstance(self._datastore, DICOMwebMammoDatastore):
+            for task in infers.values():
+                if isinstance(task, MammoInferTask):
+                    task.dicom_sink = self._datastore
         return infers
 
     def init_trainers(self) -> dict[str, TrainTask]:
@@ -97,7 +112,10 @@ class MammoLabelApp(MONAILabelApp):
         if isinstance(image, str) and not uploaded:
             check_name(image, "image id")
             store = datastore or self.datastore()
-            if image not in store.list_images():
+            if isinstance(store, DICOMwebMammoDatastore):
+                image = store.resolve(image)  # a series UID (what OHIF sends) names its one mammogram
+                request = {**request, "image": image}
+            elif image not in store.list_images():
                 raise NotFoundError(f"image '{image}' is not in the datastore")
             request = {"laterality": store.get_image_info(image).get("laterality"), **request}
         return super().infer(request, datastore)

@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -63,6 +63,15 @@ def restore(prediction: Prediction, meta: dict[str, Any]) -> Prediction:
     return Prediction(from_canonical(prediction.labelmap, flipped), dict(prediction.values), points, boxes, heatmap)
 
 
+class DicomResultSink(Protocol):
+    """Where the DICOM results of a DICOM input go (the DICOMweb datastore: SEG, heatmap SC, SR)."""
+
+    def store_results(
+        self, task: str, labels: dict[str, int], prediction: Prediction, meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Build and store the DICOM results of ``prediction`` (original orientation); return their UIDs."""
+
+
 class MammoInferTask(BasicInferTask):
     """Infer task over one mammogram: subclasses set ``name``, ``labels`` and implement :meth:`predict`.
 
@@ -74,6 +83,8 @@ class MammoInferTask(BasicInferTask):
     name: str = ""
     train_task: str | None = None
     rank_key: str = "dice"  # per-image row key that orders the best and worst evaluation pictures
+    #: Set by the app when it serves a DICOMweb datastore: every result of a DICOM input goes there too.
+    dicom_sink: DicomResultSink | None = None
 
     def __init__(
         self,
@@ -183,5 +194,7 @@ class MammoInferTask(BasicInferTask):
             "points": pred.points,
             "boxes": pred.boxes,
         }
+        if self.dicom_sink is not None and meta.get("format") == "dicom":
+            result["dicom"] = self.dicom_sink.store_results(self.name, dict(self.labels), pred, meta)
         data["restored"] = pred
         return path, result
