@@ -133,3 +133,20 @@ def test_bad_input_gets_4xx_with_a_message_and_changes_nothing(server, tmp_path)
         assert message in r.json()["detail"], (path, r.text)
         assert tree_digest(server.studies_dir) == before, path
     assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200
+
+
+@pytest.mark.mias
+def test_serving_the_imported_mias_datastore(mias_datastore, tmp_path):
+    """`mammolabel import-mias` then serving the datastore: a film's labels and breast_region."""
+    from mammolabel.server_process import ServerProcess
+
+    with ServerProcess(mias_datastore, conf={"models": "breast_region"}, log_path=tmp_path / "server.log") as srv:
+        info = requests.get(f"{srv.url}/info/", timeout=30).json()
+        assert info["datastore"]["total"] == 216 and info["datastore"]["label_tags"]["finding"] == 216
+        r = requests.post(f"{srv.url}/infer/breast_region?image=mdb001&output=image", timeout=120)
+        assert r.status_code == 200, r.text
+        lab = labelmap_from(r.content, tmp_path)
+        assert lab.shape == (1024, 1024)
+        assert lab[598, 535] > 0  # the lesion centre of mdb001 (Info.txt x=535, y=425 from the bottom)
+        result = requests.post(f"{srv.url}/infer/breast_region?image=mdb001&output=json", timeout=120).json()
+        assert result["side"] == "R" and result["flipped"] is True
