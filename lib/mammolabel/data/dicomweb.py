@@ -331,6 +331,13 @@ class DICOMwebMammoDatastore(MammoDatastore):
         logger.info(f"DICOMweb: stored {', '.join(objects)} of '{task}' for image {uid}")
         return {"stored": True, "study_uid": str(source.StudyInstanceUID), **dict(zip(objects, stored))}
 
+    def json(self) -> dict[str, Any]:
+        """The cache's index plus every listed image not fetched yet (image info only, no labels)."""
+        doc = super().json()
+        for uid, info in self._search()[0].items():
+            doc["objects"].setdefault(uid, {"image": {"info": dict(info), "ext": ".dcm"}, "labels": {}})
+        return doc
+
     def status(self) -> dict[str, Any]:
         status = super().status()
         status.update(total=len(self.list_images()), completed=len(self.get_labeled_images()), url=self.url,
