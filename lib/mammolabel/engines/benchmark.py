@@ -34,7 +34,8 @@ SERVER_IMAGE = (1024, 1024)
 
 def machine() -> dict[str, Any]:
     info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
