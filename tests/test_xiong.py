@@ -216,12 +216,13 @@ def test_a_few_steps_reduce_the_loss():
 def _records() -> list[ImageLabels]:
     recs = []
     for i in range(20):  # masked lesion images that also carry a box label (as MIAS imports them)
-        recs.append(ImageLabels(f"m{i:02d}", f"/x/m{i}.png", f"p{i}", "malignant", mask_path="m.nrrd", box_path="b.nrrd"))
+        recs.append(ImageLabels(f"m{i:02d}", f"/x/m{i}.png", f"p{i}", finding="malignant", mask_path="m.nrrd",
+                                box_path="b.nrrd"))
     for i in range(10):  # box-only lesion images
-        recs.append(ImageLabels(f"b{i:02d}", f"/x/b{i}.png", f"q{i}", "benign", box_path="b.nrrd"))
+        recs.append(ImageLabels(f"b{i:02d}", f"/x/b{i}.png", f"q{i}", finding="benign", box_path="b.nrrd"))
     for i in range(6):
-        recs.append(ImageLabels(f"n{i:02d}", f"/x/n{i}.png", f"r{i}", "normal"))
-    recs.append(ImageLabels("d00", "/x/d.png", "s0", "benign"))  # lesion finding without location
+        recs.append(ImageLabels(f"n{i:02d}", f"/x/n{i}.png", f"r{i}", finding="normal"))
+    recs.append(ImageLabels("d00", "/x/d.png", "s0", finding="benign"))  # lesion finding without location
     return recs
 
 
@@ -242,7 +243,8 @@ def test_label_plan_counts_every_label_once():
 
     only = plan_labels(recs, HybridTrainOptions(strong_fraction=0.1, mode="strong_only"))
     assert {i for i, r in only.roles.items()} == strong  # the same masks, no boxes
-    assert only.report["boxes_skipped"] == 10 and only.report["weak_boxes_used"] == 0
+    assert only.report["boxes_skipped"] == 27 and only.report["weak_boxes_used"] == 0
+    assert only.report["weak_boxes_replacing_masks"] == 0 and only.report["masks_not_used"] == 17
     other_seed = plan_labels(recs, HybridTrainOptions(strong_fraction=0.1, seed=1))
     assert {i for i, r in other_seed.roles.items() if r == "strong"} != strong
 
@@ -342,3 +344,11 @@ def test_benchmark_checkpoint_loads(tmp_path):
     task = HybridSegmentationInfer(path=str(tmp_path / "hybrid_segmentation.pt"))
     net, ckpt = task.load("cpu")
     assert ckpt["input"]["rows"] == 352 and n_params(net) == n_params(HybridSegmentationInfer.benchmark_module())
+
+
+def test_without_validation_masks_the_latest_epoch_is_kept(phantom_copy, tmp_path, capsys):
+    out = tmp_path / "hybrid_segmentation.pt"
+    assert cli(_train_args(phantom_copy, out, "--epochs", "2", "--set", "val_fraction=0")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["metric"] == "epoch_seen" and summary["best_epoch"] == 2
+    assert load_checkpoint(out)["val_images"] == []

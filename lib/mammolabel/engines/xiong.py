@@ -158,7 +158,7 @@ def plan_labels(records: list[ImageLabels], options: HybridTrainOptions) -> Labe
         "weak_boxes_used": len(boxed) if options.mode == "hybrid" else 0,
         "weak_boxes_replacing_masks": len(demoted) if options.mode == "hybrid" else 0,
         "masks_not_used": len(demoted),
-        "boxes_skipped": len(boxed) if options.mode == "strong_only" else 0,
+        "boxes_skipped": len(boxed) + len(demoted) if options.mode == "strong_only" else 0,
         "boxes_on_masked_images_not_counted": boxes_on_strong,
         "normals_used": len(normal) if options.normals else 0,
         "normals_skipped": 0 if options.normals else len(normal),
