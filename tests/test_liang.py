@@ -32,6 +32,7 @@ from mammolabel.networks.liang import (
     LiangOutput,
     fuse_maps,
     normalise_map,
+    region_on,
     trimap,
 )
 from mammolabel.tasks.liang import CamSelfTrainingTrain, LocalizationInfer
@@ -106,6 +107,25 @@ def test_normalise_map():
     n = normalise_map(m)
     np.testing.assert_allclose(n[0, 0], [[0.0, 0.25], [0.5, 1.0]])
     assert (n[1] == 0).all()
+
+
+def test_region_restricts_every_map_to_the_breast():
+    m = torch.tensor([[[[9.0, 2.0], [4.0, 6.0]]]])
+    region = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])
+    np.testing.assert_allclose(normalise_map(m, region)[0, 0], [[0.0, 0.0], [0.5, 1.0]])  # 9 is outside
+    assert (normalise_map(m, torch.zeros_like(m)) == 0).all()
+
+    net = tiny_net().train()
+    x = torch.rand(2, 1, 64, 64)
+    region = torch.zeros(2, 1, 64, 64)
+    region[:, :, :, :32] = 1  # left half of the input
+    with torch.no_grad():
+        out = net(x, region)
+    for m in [out.cam, *out.self_training, out.fused]:
+        w = m.shape[-1]
+        assert (m[..., w // 2:] == 0).all() and m[..., : w // 2].max() > 0
+    assert out.cam.flatten(1).max(1).values.tolist() == [1.0, 1.0]
+    assert region_on(region, out.cam)[0, 0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
 
 
 # --- trimap, loss --------------------------------------------------------------------------------------
@@ -208,11 +228,11 @@ def test_positives_enter_in_the_papers_five_versions():
     assert torch.equal(augment(image, "flip")[0, 0], torch.tensor([3.0, 2.0, 1.0, 0.0]))
     assert torch.equal(augment(image, "rot180"), image.flip(-1).flip(-2))
     assert torch.equal(augment(augment(image, "rot90"), "rot270"), image)
-    items = TrainingItems([type("S", (), {"image": image})()] * 3, [True, False, True], augment_positives=True)
+    items = TrainingItems([type("S", (), {"image": image})()] * 3, [True, False, True], True, breast_only=False)
     assert len(items) == 11
     assert [v for i, v in items.items if i == 0] == ["original", "flip", "rot90", "rot180", "rot270"]
     assert [int(items[k]["label"]) for k in range(len(items))] == [1] * 5 + [0] + [1] * 5
-    assert len(TrainingItems(items.samples, [True, False, True], augment_positives=False)) == 3
+    assert len(TrainingItems(items.samples, [True, False, True], False, breast_only=False)) == 3
 
 
 @pytest.mark.parametrize(
@@ -252,7 +272,8 @@ class _Identity(torch.nn.Module):
 
     config = LiangConfig(taps=(8, 3))
 
-    def forward(self, x: torch.Tensor) -> LiangOutput:
+    def forward(self, x: torch.Tensor, region: torch.Tensor) -> LiangOutput:
+        assert region.shape == x.shape and ((x == 0) | (region == 1)).all()  # input is 0 outside the breast
         fused, weights = fuse_maps([x, x, x])
         return LiangOutput(torch.tensor([0.75]), x, [x, x], fused, weights)
 

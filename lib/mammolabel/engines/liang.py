@@ -42,6 +42,7 @@ from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.engines.loop import FitOptions, fit, resolve_device, to_device
 from mammolabel.engines.progress import Progress
 from mammolabel.errors import InputError
+from mammolabel.io.orientation import body_mask
 from mammolabel.losses.liang import TrimapBCELoss
 from mammolabel.metrics import auc
 from mammolabel.networks.liang import BACKGROUND, POSITIVE, UNKNOWN, LiangConfig, LiangNet, trimap
@@ -64,6 +65,9 @@ class LiangOptions:
     ``negatives_background``: the paper derives every trimap from a heatmap; for an image whose
     finding is normal the image label already says that no pixel is a lesion, so its trimap is
     all background (set False to use its CAM trimap like any other image).
+    ``breast_only``: pixels outside the breast (the largest bright component) are set to 0 in the
+    input, and every map is normalised within the breast and 0 outside it, in training and
+    inference alike (not in the paper, whose digital images have an empty background).
     ``point_threshold``, ``max_points`` and ``peak_distance`` (fraction of the input side) define
     the predicted points: local maxima of the fused map; ``heat_levels`` the labelmap's levels.
     """
@@ -76,6 +80,7 @@ class LiangOptions:
     temperature: float = 1.0
     positive: str = "abnormal"
     crop_breast: bool = True
+    breast_only: bool = True
     augment_positives: bool = True
     negatives_background: bool = True
     batch_size: int = 8
@@ -134,15 +139,26 @@ def augment(image: torch.Tensor, variant: str) -> torch.Tensor:
     return torch.rot90(image, k=int(variant[3:]) // 90, dims=(-2, -1))
 
 
-class TrainingItems(Dataset):
-    """Items ``{"image", "label", "item"}`` of prepared samples, each positive in every augmentation.
+def breast_region(image: np.ndarray) -> np.ndarray:
+    """{0, 1} float mask of the breast on an input-frame (h, w) image."""
+    mask, scale = body_mask(image)
+    if scale < 1:
+        mask = F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=image.shape)[0, 0].numpy()
+    return (mask > 0).astype(np.float32)
 
+
+class TrainingItems(Dataset):
+    """Items ``{"image", "region", "label", "item"}`` of prepared samples, each positive in every augmentation.
+
+    ``region`` is the breast (all ones without ``breast_only``) and the image is 0 outside it;
     ``label`` is 1 for a positive finding, 0 otherwise; ``item`` indexes :attr:`items` (the sample
     index and variant), so that per-item pseudo-labels can be looked up.
     """
 
-    def __init__(self, samples: list[Sample], positive: list[bool], augment_positives: bool):
+    def __init__(self, samples: list[Sample], positive: list[bool], augment_positives: bool, breast_only: bool = True):
         self.samples, self.positive = samples, positive
+        self.regions = [torch.from_numpy(breast_region(s.image[0].numpy()))[None] if breast_only
+                        else torch.ones_like(s.image) for s in samples]
         self.items = [(i, v) for i, p in enumerate(positive)
                       for v in (AUGMENTATIONS if (p and augment_positives) else ("original",))]
 
@@ -151,7 +167,8 @@ class TrainingItems(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample, variant = self.items[index]
-        return {"image": augment(self.samples[sample].image, variant),
+        region = self.regions[sample]
+        return {"image": augment(self.samples[sample].image * region, variant), "region": augment(region, variant),
                 "label": torch.tensor(int(self.positive[sample])), "item": torch.tensor(index)}
 
 
@@ -174,9 +191,9 @@ def pseudo_labels(net: LiangNet, dataset: TrainingItems, round_index: int, optio
     out = []
     for batch in _loader(dataset, options.batch_size):
         batch = to_device(batch, device)
-        _, cam, features = net.cam(batch["image"])
+        _, cam, features = net.cam(batch["image"], batch["region"])
         grid = features[taps[round_index]].shape[-2:]
-        source = cam if round_index == 0 else net.self_training_maps(features)[round_index - 1]
+        source = cam if round_index == 0 else net.self_training_maps(features, batch["region"])[round_index - 1]
         maps = trimap(F.interpolate(source, size=grid, mode="bilinear", align_corners=False), options.t_f, options.t_b)
         if options.negatives_background:
             maps[batch["label"] == 0] = BACKGROUND
@@ -220,6 +237,9 @@ def _self_training_round(net: LiangNet, index: int, train: TrainingItems, val: T
     counts = {f"{name}_{kind}": float((t == value).float().mean()) for name, t in targets.items()
               for kind, value in (("foreground", 1.0), ("background", 0.0))}
     logger.info(f"liang self-training round {index + 1} (block {tap}): trimap fractions {counts}")
+    if counts["train_foreground"] == 0:
+        logger.warning(f"liang self-training round {index + 1}: no confident foreground (> t_f = {options.t_f}) "
+                       "in the previous map; this round learns background only")
     loss_fn = TrimapBCELoss()
 
     def batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -299,7 +319,8 @@ def train_liang(inventory: LabelInventory, options: LiangOptions, out: str | Pat
         progress.update()
 
     def items(recs: list, augmented: bool) -> TrainingItems:
-        return TrainingItems([prepared[r.image_id] for r in recs], [r.finding in positives for r in recs], augmented)
+        return TrainingItems([prepared[r.image_id] for r in recs], [r.finding in positives for r in recs], augmented,
+                             options.breast_only)
 
     train, val = items(train_records, options.augment_positives), items(val_records, False)
     report.update(positive=options.positive, train_images=len(train_records), val_images=len(val_records),
@@ -362,9 +383,11 @@ def localize(net: LiangNet, pixels: np.ndarray, options: LiangOptions,
              device: str | torch.device = "cpu") -> Localization:
     """Run the model on a canonical (rows, cols) image in [0, 1] and find the lesion points."""
     frame = make_frame(pixels, (options.size, options.size), options.crop_breast)
-    x = torch.from_numpy(frame.to_input(pixels))[None, None].to(device)
+    image = frame.to_input(pixels)
+    region = breast_region(image) if options.breast_only else np.ones_like(image)
+    x, region_t = (torch.from_numpy(a)[None, None].to(device) for a in (image * region, region))
     with torch.inference_mode():
-        out = net(x)
+        out = net(x, region_t)
     names = ["cam", *(f"self_training_block{t}" for t in net.config.taps), "fused"]
     maps = {name: F.interpolate(m.float(), size=frame.size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
             for name, m in zip(names, [out.cam, *out.self_training, out.fused])}

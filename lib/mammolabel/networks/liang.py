@@ -15,6 +15,10 @@ The model has the paper's three parts (its Fig. 2):
    (:func:`trimap`: foreground above ``t_f`` = 0.6, background below ``t_b`` = 0.1, the rest unknown);
 3. at test time a softmax over the maps (CAM and self-training maps) fuses them (:func:`fuse_maps`).
 
+An optional region mask (the breast) restricts every map: the CAM is normalised within it and
+all maps are zero outside it. The paper's full-field digital images have an empty background; the
+digitised films used here carry labels and scanner edges that a classifier can latch onto.
+
 The Inception-V3 blocks are built here from MONAI convolution layers (random init; nothing is
 downloaded). ``width`` scales every Inception channel count so that the model runs small on CPU.
 """
@@ -44,6 +48,7 @@ __all__ = [
     "SelfTrainingCNN",
     "fuse_maps",
     "normalise_map",
+    "region_on",
     "trimap",
 ]
 
@@ -323,12 +328,26 @@ class LiangOutput(NamedTuple):
     weights: torch.Tensor  # (B, 1 + len(taps), H/s, W/s) fusion weights (sum to one per pixel)
 
 
-def normalise_map(heatmap: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each (B, 1, h, w) map to [0, 1]; a constant map becomes zeros."""
-    flat = heatmap.flatten(1)
-    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+def normalise_map(heatmap: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
+    """Min-max normalise each (B, 1, h, w) map to [0, 1], within ``region`` (same shape, {0, 1}) if given.
+
+    Pixels outside the region become 0; a constant map (or an empty region) becomes zeros.
+    """
+    inside = torch.ones_like(heatmap, dtype=torch.bool) if region is None else region > 0
+    flat, keep = heatmap.flatten(1), inside.flatten(1)
+    lo = torch.where(keep, flat, torch.full_like(flat, torch.inf)).min(dim=1).values
+    hi = torch.where(keep, flat, torch.full_like(flat, -torch.inf)).max(dim=1).values
     scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-    return (heatmap - lo[:, None, None, None]) / scale[:, None, None, None]
+    lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
+    out = (heatmap - lo[:, None, None, None]) / scale[:, None, None, None]
+    return torch.where(inside, out.clamp(0, 1), torch.zeros_like(out))
+
+
+def region_on(region: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """An input-resolution (B, 1, H, W) {0, 1} region on the grid of ``like``: cells at least half inside."""
+    if region is None:
+        return None
+    return (F.interpolate(region.float(), size=like.shape[-2:], mode="area") >= 0.5).to(like.dtype)
 
 
 def trimap(heatmap: torch.Tensor, t_f: float = 0.6, t_b: float = 0.1) -> torch.Tensor:
@@ -358,8 +377,9 @@ def fuse_maps(maps: Sequence[torch.Tensor], temperature: float = 1.0) -> tuple[t
 class LiangNet(nn.Module):
     """The full model: classification network, CAM, self-training CNNs and their fusion.
 
-    ``forward(x)`` with x of shape (B, in_channels, H, W) (H, W divisible by 32) returns a
-    :class:`LiangOutput`. See :class:`LiangConfig` for the arguments.
+    ``forward(x, region)`` with x of shape (B, in_channels, H, W) (H, W divisible by 32) and an
+    optional {0, 1} region of shape (B, 1, H, W) returns a :class:`LiangOutput`. See
+    :class:`LiangConfig` for the arguments.
     """
 
     def __init__(self, config: LiangConfig | None = None):
@@ -373,23 +393,28 @@ class LiangNet(nn.Module):
             [SelfTrainingCNN(channels[t - 1], config.first_channels, shared) for t in config.taps]
         )
 
-    def cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+    def cam(self, x: torch.Tensor, region: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
         """Positive-class probability (B,), normalised CAM (B, 1, H/32, W/32) and the feature maps F_i."""
         out = self.classifier(x)
         probability = torch.softmax(out.logits.float(), dim=1)[:, POSITIVE]
-        cam = normalise_map(self.classifier.cam(out.maps, POSITIVE).float())
-        return probability, cam, out.features
+        cam = self.classifier.cam(out.maps, POSITIVE).float()
+        return probability, normalise_map(cam, region_on(region, cam)), out.features
 
-    def self_training_maps(self, features: dict[int, torch.Tensor]) -> list[torch.Tensor]:
-        """Sigmoid maps of every self-training CNN on its feature map F_i, in ``taps`` order."""
-        return [torch.sigmoid(cnn(features[t]).float()) for cnn, t in zip(self.self_training, self.config.taps)]
+    def self_training_maps(self, features: dict[int, torch.Tensor], region: torch.Tensor | None = None
+                           ) -> list[torch.Tensor]:
+        """Sigmoid maps of every self-training CNN on its feature map F_i, in ``taps`` order (0 outside ``region``)."""
+        maps = [torch.sigmoid(cnn(features[t]).float()) for cnn, t in zip(self.self_training, self.config.taps)]
+        return maps if region is None else [m * region_on(region, m) for m in maps]
 
-    def forward(self, x: torch.Tensor) -> LiangOutput:
+    def forward(self, x: torch.Tensor, region: torch.Tensor | None = None) -> LiangOutput:
         # 1) classification network: image probability, CAM heatmap, intermediate feature maps F_8, F_3
         # (B,), (B, 1, H/32, W/32), {8: (B, 768w, H/16, W/16), 3: (B, 288w, H/8, W/8)}
-        probability, cam, features = self.cam(x)
+        probability, cam, features = self.cam(x, region)
         # 2) self-training CNNs on the intermediate feature maps
-        maps = self.self_training_maps(features)  # [(B, 1, H/16, W/16), (B, 1, H/8, W/8)]
+        maps = self.self_training_maps(features, region)  # [(B, 1, H/16, W/16), (B, 1, H/8, W/8)]
         # 3) test stage: softmax fusion of the CAM and the self-training maps
         fused, weights = fuse_maps([cam, *maps], self.config.temperature)  # (B, 1, H/8, W/8), (B, 3, H/8, W/8)
+        if region is not None:  # the upsampled coarse maps reach across the region's edge
+            fused = fused * region_on(region, fused)
         return LiangOutput(probability, cam, maps, fused, weights)
