@@ -49,7 +49,10 @@ def server(tmp_path_factory):
     write_phantom_study(studies, n=8, seed=1, dicom=False)
     model_dir = base / "model"
     model_dir.mkdir()
-    with ServerProcess(studies, conf={"models": "all", "model_dir": str(model_dir)}, log_path=base / "server.log") as srv:
+    conf = {"models": "all", "model_dir": str(model_dir)}
+    # Scoring runs when a test asks for it, not after every next-sample call (MONAI Label's default).
+    env = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+    with ServerProcess(studies, conf=conf, log_path=base / "server.log", env=env) as srv:
         srv.studies_dir, srv.model_dir = studies, model_dir
         yield srv
 

@@ -18,10 +18,9 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
-from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.class_utils import get_class_names
 
 import mammolabel
@@ -29,6 +28,13 @@ from mammolabel.data.datastore import MammoDatastore, check_name
 from mammolabel.data.dicomweb import DICOMwebError, DICOMwebMammoDatastore
 from mammolabel.data.dicomweb import from_settings as dicomweb_datastore
 from mammolabel.errors import InputError, NotFoundError
+from mammolabel.tasks.activelearning import (
+    FirstStrategy,
+    RandomStrategy,
+    UncertaintyScoring,
+    UncertaintyStrategy,
+    WeakFirstStrategy,
+)
 from mammolabel.tasks.infer import MammoInferTask
 from mammolabel.tasks.server import install_error_handlers
 
@@ -89,12 +95,27 @@ class MammoLabelApp(MONAILabelApp):
         return trainers
 
     def init_strategies(self) -> dict[str, Strategy]:
-        strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
+        strategies: dict[str, Strategy] = {
+            "random": RandomStrategy(),
+            "first": FirstStrategy(),
+            "weak_first": WeakFirstStrategy(),
+            "uncertainty": UncertaintyStrategy(),
+        }
         for config in self.models.values():
             s = config.strategy()
             if s:
                 strategies.update(s if isinstance(s, dict) else {config.name: s})
         return strategies
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        infers = {n: t for n, t in self._infers.items() if isinstance(t, MammoInferTask)}
+        return {"uncertainty": UncertaintyScoring(infers)}
+
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:
+            raise NotFoundError(f"unknown strategy '{strategy}'; known: {', '.join(sorted(self._strategies))}")
+        return super().next_sample(request)
 
     def on_init_complete(self) -> None:
         super().on_init_complete()
