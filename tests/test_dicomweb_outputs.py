@@ -23,7 +23,7 @@ from mammolabel.io import dicom_outputs as out
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 def reread(ds: Dataset) -> Dataset:
@@ -168,22 +168,25 @@ def test_report_holds_probabilities_boxes_and_points_on_the_source(source):
     boxes = [{"box": [30, 40, 69, 89], "max_probability": 0.75, "mean_probability": 0.5}]
     sr = reread(out.measurement_report(source, "probe", values, points, boxes))
 
-    assert sr.SOPClassUID == COMPREHENSIVE_3D_SR and sr.Modality == "SR"
+    assert sr.SOPClassUID == COMPREHENSIVE_SR and sr.Modality == "SR"
     assert_references_source(sr, source)
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
     assert evidence.StudyInstanceUID == source.StudyInstanceUID
     assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
 
-    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    report = hd.sr.ComprehensiveSR.from_dataset(sr)
     image_groups = report.content.get_image_measurement_groups()
     assert len(image_groups) == 1
     found = sorted(m.value for m in image_groups[0].get_measurements(name=codes.DCM.ProbabilityOfCancer))
-    assert found == [0.5, 0.625]  # area_px and the text are not probabilities
+    assert found == [50.0, 62.5]  # in percent; area_px and the text are not probabilities
     assert image_groups[0].source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
 
     regions = report.content.get_planar_roi_measurement_groups()
     assert len(regions) == 3
+    groups = sr.ContentSequence[-1].ContentSequence  # Imaging Measurements: regions first (OHIF opens the first)
+    assert [g.ContentSequence[0].TextValue for g in groups] == [
+        "probe box 1", "probe point 1 peak", "probe point 2", "probe image"]
     tracking_uids = {str(g.tracking_uid) for g in [*regions, *image_groups]}
     assert len(tracking_uids) == 4  # OHIF merges groups that share one
     box, peak, corner = regions
@@ -191,16 +194,17 @@ def test_report_holds_probabilities_boxes_and_points_on_the_source(source):
     np.testing.assert_allclose(box.roi.value, [[30, 40], [70, 40], [70, 90], [30, 90], [30, 40]])
     assert box.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     by_derivation = {m.derivation.meaning: m.value for m in box.get_measurements()}
-    assert by_derivation == {"Maximum": 0.75, "Mean": 0.5}
+    assert by_derivation == {"Maximum": 75.0, "Mean": 50.0}
+    assert {m.unit.value for m in box.get_measurements()} == {"%"}
     assert peak.roi.graphic_type == hd.sr.GraphicTypeValues.POINT
     np.testing.assert_allclose(peak.roi.value, [[33.5, 61.75]])  # pixel centre, DICOM pixel-corner origin
-    assert [m.value for m in peak.get_measurements()] == [0.25]
+    assert [m.value for m in peak.get_measurements()] == [25.0]
     assert "peak" in str(peak.tracking_identifier) and corner.get_measurements() == []
 
 
 def test_report_without_numbers_is_still_valid(source):
     sr = reread(out.measurement_report(source, "breast_region", {"breast_fraction": 0.4}))
-    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    report = hd.sr.ComprehensiveSR.from_dataset(sr)
     assert report.content.get_image_measurement_groups() == [] and report.content.get_planar_roi_measurement_groups() == []
 
 

@@ -83,6 +83,7 @@ def connect(url: str, username: str = "", password: str = "", qido_prefix: str |
     session = create_session_from_user_pass(username, password) if username or password else requests.Session()
     client = DICOMwebClientX(url=url, session=session, qido_url_prefix=qido_prefix,
                              wado_url_prefix=wado_prefix, stow_url_prefix=stow_prefix)
+    client.set_http_retry_params(retry=False)  # the probe fails at once (retries take 30 s)
     try:
         client.search_for_studies(limit=1)
     except requests.HTTPError as e:
@@ -98,6 +99,7 @@ def connect(url: str, username: str = "", password: str = "", qido_prefix: str |
         ) from None
     except requests.RequestException as e:
         raise DICOMwebError(f"DICOMweb server {url} cannot be reached ({_http_reason(e)}: {e})") from None
+    client.set_http_retry_params()  # from now on, busy-server answers (429, 503...) are retried with back-off
     return client
 
 

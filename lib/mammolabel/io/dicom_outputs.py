@@ -10,8 +10,8 @@ source instance, so that a PACS files it next to the mammogram and a viewer (OHI
   when the source has no SliceThickness (the SEG pixel measures would be incomplete).
 - :func:`heatmap_capture`: the heatmap over the displayed mammogram as an RGB Secondary Capture of
   the source's size, pixel spacing and patient orientation.
-- :func:`measurement_report`: a Comprehensive 3D SR with the TID1500 Measurement Report: each
-  probability in the result as a "Probability of cancer" measurement of the image, each box as a
+- :func:`measurement_report`: a Comprehensive SR with the TID1500 Measurement Report: each
+  probability in the result as a "Probability of cancer" measurement (%) of the image, each box as a
   closed POLYLINE and each point as a POINT region on the source image, with its probabilities.
 
 Coordinates are stored-image pixels (x = column, y = row), as every MammoLabel result is. A DICOM
@@ -22,6 +22,7 @@ spatial coordinate puts (0, 0) at the top-left corner of the first pixel, so a p
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ HEATMAP_OPACITY = 0.6
 
 _ANATOMY = hd.sr.CodedConcept("123037004", "SCT", "Anatomical Structure")
 _MASS = hd.sr.CodedConcept("4147007", "SCT", "Mass")
-_UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
+_PERCENT = hd.sr.CodedConcept("%", "UCUM", "Percent")
 # Segment name fragments -> (category, type); anything else is a region of the image.
 _SEGMENT_CODES = (
     ("pectoral", (_ANATOMY, codes.SCT.PectoralisMajorMuscle)),
@@ -56,7 +57,7 @@ _REGION = (codes.SCT.SpatialAndRelationalConcept, codes.DCM.ImageRegion)
 
 
 def is_probability(key: str, value: Any) -> bool:
-    """Whether a result entry is a probability reported as "Probability of cancer".
+    """Whether a result entry is a probability reported as "Probability of cancer" (in percent).
 
     The result keys of the tasks: ``probability``, ``<model>_probability``, ``mean_probability``,
     ``score`` and ``max_score`` (numbers in [0, 1]); booleans and other numbers are not.
@@ -171,7 +172,10 @@ def segmentation(
 
 def labelmap_from_segmentation(seg: Dataset, source_sop_instance_uid: str) -> np.ndarray:
     """The (rows, cols) uint8 labelmap of a SEG over one single-frame source (segment number = value)."""
-    seg = seg if isinstance(seg, hd.seg.Segmentation) else hd.seg.Segmentation.from_dataset(seg)
+    if not isinstance(seg, hd.seg.Segmentation):
+        with warnings.catch_warnings():  # a SEG read from memory: pydicom warns that its buffer is not copied
+            warnings.filterwarnings("ignore", message="The 'filename' attribute of the dataset")
+            seg = hd.seg.Segmentation.from_dataset(seg)
     numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
     if max(numbers) > 255:
         raise InputError(f"a SEG with {max(numbers)} segments does not fit a uint8 labelmap")
@@ -250,8 +254,8 @@ def _probability_measurements(item: Mapping[str, Any], task: str) -> list[hd.sr.
         measurements.append(
             hd.sr.Measurement(
                 name=codes.DCM.ProbabilityOfCancer,
-                value=float(value),
-                unit=_UNITLESS,
+                value=round(100.0 * float(value), 4),
+                unit=_PERCENT,
                 derivation=derivation,
                 algorithm_id=hd.sr.AlgorithmIdentification(
                     name=f"MammoLabel {task} {key}"[:64], version=mammolabel.__version__
@@ -273,11 +277,12 @@ def measurement_report(
     values: Mapping[str, Any],
     points: Sequence[Mapping[str, Any]] = (),
     boxes: Sequence[Mapping[str, Any]] = (),
-) -> hd.sr.Comprehensive3DSR:
+) -> hd.sr.ComprehensiveSR:
     """A TID1500 Measurement Report on ``source``: probabilities, boxes and points of one result.
 
     Every measurement group has its own tracking identifier (text and UID), which OHIF needs to
-    list and draw it. Image-level probabilities come from ``values`` (see :func:`is_probability`).
+    list and draw it. Image-level probabilities come from ``values`` (see :func:`is_probability`);
+    their group comes after the regions (boxes, then points).
     """
     check_source(source)
     rows, cols = int(source.Rows), int(source.Columns)
@@ -286,16 +291,6 @@ def measurement_report(
         return hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=text[:64])
 
     groups: list[Any] = []
-    image_level = _probability_measurements(values, task)
-    if image_level:
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking(f"{task} image"),
-                finding_type=codes.SCT.Breast,
-                measurements=image_level,
-                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
-            )
-        )
     for i, box in enumerate(boxes, 1):
         outline = box_outline(box["box"])
         if outline.min() < 0 or outline[:, 0].max() > cols or outline[:, 1].max() > rows:
@@ -328,6 +323,16 @@ def measurement_report(
                 measurements=_probability_measurements(point, task) or None,
             )
         )
+    image_level = _probability_measurements(values, task)
+    if image_level:  # last: OHIF opens an SR on its first group, which must have a region to show
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking(f"{task} image"),
+                finding_type=codes.SCT.Breast,
+                measurements=image_level,
+                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+            )
+        )
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -340,7 +345,7 @@ def measurement_report(
         procedure_reported=codes.SCT.Mammography,
         imaging_measurements=groups,  # highdicom 0.22 fails on None; an empty list gives an empty container
     )
-    return hd.sr.Comprehensive3DSR(
+    return hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report,
         series_instance_uid=hd.UID(),

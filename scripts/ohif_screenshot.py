@@ -1,0 +1,158 @@
+"""Open a study in MONAI Label's bundled OHIF in headless Chromium, show its SR, save a screenshot.
+
+    python scripts/ohif_screenshot.py --server http://127.0.0.1:8000 --study STUDY_UID --out docs/ohif.png
+
+Chromium is driven over the DevTools protocol (aiohttp's WebSocket client, already in the stack):
+the viewer opens ``/ohif/viewer?StudyInstanceUIDs=...``, the structured report's thumbnail is
+double-clicked so that OHIF draws its regions over the mammogram, and the page is captured once
+the SR viewport shows them. Exit status 2 with one line when something does not show up in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+# In the page: the study browser's thumbnails as {description, modality, x, y} (centre, CSS pixels).
+THUMBNAILS_JS = """
+[...document.querySelectorAll('[data-cy="study-browser-thumbnail"], [data-cy="study-browser-thumbnail-no-image"]')]
+  .map(e => { const r = e.getBoundingClientRect();
+              return {text: e.innerText, x: r.x + r.width / 2, y: r.y + r.height / 2}; })
+"""
+# In the page: whether an SR viewport has drawn annotations (SVG shapes over a canvas).
+SR_SHOWN_JS = """
+(() => { const svg = [...document.querySelectorAll('svg.svg-layer, svg')]
+                      .filter(s => s.querySelector('path, polyline, line, circle, rect[data-id]'));
+         return document.body.innerText.includes('SR') && svg.length > 0; })()
+"""
+
+
+class CDP:
+    """The smallest DevTools-protocol client: send a command, wait for its answer."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse):
+        self.ws, self.next_id = ws, 0
+        self.console: list[str] = []  # the page's console errors and warnings, for the failure message
+
+    async def send(self, method: str, **params) -> dict:
+        self.next_id += 1
+        msg_id = self.next_id
+        await self.ws.send_str(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads((await self.ws.receive()).data)
+            if msg.get("method") == "Runtime.consoleAPICalled" and msg["params"]["type"] in ("error", "warning", "log", "info"):
+                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in msg["params"]["args"]))
+            if msg.get("method") == "Runtime.exceptionThrown":
+                self.console.append(str(msg["params"]["exceptionDetails"].get("exception", {}).get("description", "")))
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    async def evaluate(self, expression: str):
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result.get("result", {}).get("value")
+
+    async def double_click(self, x: float, y: float) -> None:
+        for count in (1, 2):
+            for kind in ("mousePressed", "mouseReleased"):
+                await self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=count)
+
+
+async def wait_for(cdp: CDP, expression: str, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await cdp.evaluate(expression)
+        if value:
+            return value
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"{what} did not show up within {timeout_s:.0f} s")
+
+
+async def capture(port: int, url: str, out: Path, size: tuple[int, int], timeout_s: float) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):  # Chromium opens its DevTools endpoint after a moment
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                    pages = [p for p in await r.json() if p.get("type") == "page"]
+                if pages:
+                    break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+        else:
+            raise TimeoutError("Chromium's DevTools endpoint did not answer")
+        async with http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            cdp = CDP(ws)
+            await cdp.send("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
+                           mobile=False)
+            await cdp.send("Page.navigate", url=url)
+            thumbs = await wait_for(cdp, f"(() => {{ const t = {THUMBNAILS_JS}; return t.length > 1 ? t : null; }})()",
+                                    timeout_s, "the study's series thumbnails")
+            reports = [t for t in thumbs if "SR" in t["text"]]
+            if not reports:
+                raise LookupError(f"the study has no SR series in OHIF's study browser: {[t['text'] for t in thumbs]}")
+            await asyncio.sleep(2)  # let the first image finish loading before switching the viewport
+            await cdp.double_click(reports[-1]["x"], reports[-1]["y"])
+            await wait_for(cdp, SR_SHOWN_JS, timeout_s, "the SR regions over the image")
+            await asyncio.sleep(3)  # rendering settles (software WebGL)
+            shot = await cdp.send("Page.captureScreenshot", format="png")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(base64.b64decode(shot["data"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", required=True, help="MONAI Label server URL (serving a DICOMweb datastore)")
+    parser.add_argument("--study", required=True, help="StudyInstanceUID to open")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--size", default="1600x1000", help="window size WxH")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not chromium:
+        print("ohif_screenshot: Chromium is not installed (apt-get install chromium)", file=sys.stderr)
+        return 2
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    port = int(os.environ.get("CDP_PORT", "0")) or _free_port()
+    with tempfile.TemporaryDirectory() as profile:
+        browser = subprocess.Popen(
+            [chromium, "--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+             "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
+             f"--remote-debugging-port={port}", f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"{args.server.rstrip('/')}/ohif/viewer?StudyInstanceUIDs={args.study}"
+            asyncio.run(capture(port, url, args.out, (width, height), args.timeout))
+        except (TimeoutError, LookupError, RuntimeError) as e:
+            print(f"ohif_screenshot: {e}", file=sys.stderr)
+            return 2
+        finally:
+            browser.terminate()
+            browser.wait(timeout=20)
+    print(f"ohif_screenshot: wrote {args.out}")
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
