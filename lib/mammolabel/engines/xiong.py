@@ -251,9 +251,10 @@ def _batches(dataset: Dataset, options: HybridTrainOptions):
 @torch.no_grad()
 def validation_metrics(model: XiongHybridNet, dataset: HybridDataset, threshold: float,
                        batch_size: int = 8) -> dict[str, float]:
-    """Mean Dice of the lesion masks at input resolution, and the recall of lesion pixels by the uncertain area."""
+    """Validation at input resolution: mean Dice of the lesion masks and, with the auxiliary branch, the
+    share of lesion pixels inside the uncertain area (recall) and the share of all pixels it covers."""
     device = next(model.parameters()).device
-    dices, recalls = [], []
+    dices, recalls, fractions = [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size):
         out = model(batch["image"].to(device))
         pred = (torch.sigmoid(out.segmentation.float()) > threshold).cpu().numpy()
@@ -262,9 +263,10 @@ def validation_metrics(model: XiongHybridNet, dataset: HybridDataset, threshold:
         if out.background is not None:
             uncertain = (torch.sigmoid(out.background.float()) < 0.5).cpu().numpy()
             recalls += [float((u & t).sum() / max(1, t.sum())) for u, t in zip(uncertain, truth)]
+            fractions += [float(u.mean()) for u in uncertain]
     metrics = {"dice": float(np.mean(dices))}
     if recalls:
-        metrics["uncertain_recall"] = float(np.mean(recalls))
+        metrics.update(uncertain_recall=float(np.mean(recalls)), uncertain_fraction=float(np.mean(fractions)))
     return metrics
 
 
