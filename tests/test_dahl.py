@@ -8,6 +8,7 @@ breasts of the sum of the breast's view scores; the ROI maps back to the origina
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,14 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from mammolabel.data.dataset import prepare
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.phantoms import make_phantom
 from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.engines.dahl import (
     DahlOptions,
     analyse,
+    roi_inputs,
     stage_path,
     summarise_rows,
     train_classifier,
@@ -46,10 +49,10 @@ from mammolabel.tasks.dahl import ClassificationInfer, ClassifierTrain
 TINY = {"depth": 10, "width": 4, "input_rows": 96, "input_cols": 80, "roi_size": 48, "batch_size": 4, "lr": 1e-3}
 
 
-def tiny_classifier(**overrides) -> DahlClassifier:
+def tiny_classifier(attention: bool = True, **overrides) -> DahlClassifier:
     options = DahlOptions(**{**TINY, **overrides})
     torch.manual_seed(0)
-    return DahlClassifier(**options.network(attention=True)).eval()
+    return DahlClassifier(**options.network(attention=attention)).eval()
 
 
 class BlobResponder(nn.Module):
@@ -112,7 +115,8 @@ def test_classifier_output_shapes(kwargs, image, roi_side):
     assert out.holistic.shape == (b, 2) and out.saliency.shape == (b, 1, *kwargs["input_size"])
     assert out.coa.shape == (b, 2) and out.roi.shape == (b, 4)
     assert torch.all(out.roi[:, 2] - out.roi[:, 0] == roi_side) and torch.all(out.roi[:, 3] - out.roi[:, 1] == roi_side)
-    assert torch.all(out.roi[:, :2] >= 0) and torch.all(out.roi[:, 2] <= image[2]) and torch.all(out.roi[:, 3] <= image[3])
+    assert torch.all(out.roi[:, :2] >= 0)
+    assert torch.all(out.roi[:, 2] <= image[2]) and torch.all(out.roi[:, 3] <= image[3])
     if kwargs.get("attention", True):
         assert out.attention.shape == (b, 2) and out.ensemble.shape == (b,)
         assert torch.allclose(out.ensemble, (risk_score(out.holistic) + risk_score(out.attention)) / 2)
@@ -189,7 +193,8 @@ def test_centre_of_attention_lands_on_a_planted_bright_lesion(index):
     assert image.meta["flipped"] == (phantom.laterality == "R")
 
     model = tiny_classifier(input_rows=256, input_cols=208)
-    for responder, lands in ((BlobResponder(radius * 256 / rows), True), (BlobResponder(radius * 256 / rows / 4), False)):
+    radius_input = radius * 256 / rows
+    for responder, lands in ((BlobResponder(radius_input), True), (BlobResponder(radius_input / 4), False)):
         model.holistic = responder
         analysis = analyse(model, image.pixels)
         (x, y), = points_from_canonical([analysis.coa], image.meta["flipped"], cols)
@@ -259,6 +264,8 @@ def test_training_runs_both_stages_and_records_what_it_used(trained):
     assert summary["holistic"]["epochs"] == 2 and summary["attention"]["epochs"] == 2
     assert summary["labels"]["used"] == 12 and summary["labels"]["skipped"] == 0
     assert summary["train_images"] + summary["val_images"] == 12
+    # the attention stage scores the validation images with the holistic stage's best model, as that stage did
+    assert summary["attention"]["holistic_auc"] == pytest.approx(summary["holistic"]["auc"])
     ckpt = load_checkpoint(out)
     assert ckpt["stage"] == "attention" and ckpt["config"]["attention"] is True and ckpt["target"] == "malignant"
     assert ckpt["config"]["input_size"] == [96, 80] and ckpt["config"]["top_fraction"] == 0.01
@@ -267,8 +274,8 @@ def test_training_runs_both_stages_and_records_what_it_used(trained):
     assert holistic["stage"] == "holistic" and not any(k.startswith("attention.") for k in holistic["model"])
     # the Holistic weights are those of the holistic stage's best epoch; the Attention model was trained
     assert all(torch.equal(ckpt["model"][k], v) for k, v in holistic["model"].items())
-    assert any(not torch.equal(ckpt["model"]["attention." + k[len("holistic."):]], v) for k, v in holistic["model"].items()
-               if k.endswith("weight"))
+    weights = [k[len("holistic."):] for k in holistic["model"] if k.endswith(".weight")]
+    assert any(not torch.equal(ckpt["model"][f"attention.{k}"], holistic["model"][f"holistic.{k}"]) for k in weights)
 
 
 def test_validation_split_is_patient_wise(trained, phantom_dir):
@@ -288,10 +295,23 @@ def test_evaluation_reproduces_the_validation_aucs_of_training(trained, phantom_
     best = summary["attention"]
     aucs = metrics["auc_by_model"]["malignant_vs_rest"]
     assert aucs["attention"] == pytest.approx(best["auc"])
-    assert aucs["holistic"] == pytest.approx(best["holistic_auc"]) and aucs["ensemble"] == pytest.approx(best["ensemble_auc"])
+    assert aucs["holistic"] == pytest.approx(best["holistic_auc"])
+    assert aucs["ensemble"] == pytest.approx(best["ensemble_auc"])
     assert metrics["ensemble_ge_holistic"] == (aucs["ensemble"] >= aucs["holistic"])
     assert metrics["n_images"] == len(ckpt["val_images"]) and metrics["n_exams"] >= 1
     assert (tmp_path / "roc.png").is_file() and list(tmp_path.glob("worst_*.png"))
+
+
+def test_rois_come_from_the_holistic_input_the_training_saw(phantom_dir):
+    """Both stages orient an image alike, also when its recorded laterality overrules its pixels."""
+    record = next(r for r in collect_labels(MammoDatastore(phantom_dir, read_only=True)).images if r.laterality == "L")
+    model = tiny_classifier(attention=False)
+    for laterality in ("L", "R"):
+        record.laterality = laterality
+        with torch.no_grad():
+            expected = risk_score(model.holistic(prepare(record, model.input_size).image[None]))
+        rois, risks = roi_inputs(model, [record], "test")
+        assert risks[0] == pytest.approx(float(expected), abs=1e-5) and rois[0].shape == (1, 48, 48)
 
 
 def test_stages_resume_and_attention_alone_needs_the_holistic_stage(trained, phantom_dir, tmp_path):
@@ -303,6 +323,26 @@ def test_stages_resume_and_attention_alone_needs_the_holistic_stage(trained, pha
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(InputError, match="stage=holistic"):
         train_classifier(inventory, tiny_options(stage="attention"), tmp_path / "fresh.pt")
+
+
+def test_changed_options_restart_only_the_stages_they_concern(trained, phantom_dir, tmp_path):
+    source, _ = trained
+    out = tmp_path / "classification.pt"
+    for path in source.parent.glob("classification*"):
+        shutil.copy(path, tmp_path / path.name)
+    inventory = collect_labels(MammoDatastore(phantom_dir, read_only=True))
+    holistic = load_checkpoint(stage_path(out, "holistic"))["model"]
+
+    # an attention-only option: the holistic stage is kept, the attention stage trains afresh
+    summary = train_classifier(inventory, tiny_options(stage="attention", roi_size=32), out)
+    assert all(torch.equal(holistic[k], v) for k, v in load_checkpoint(stage_path(out, "holistic"))["model"].items())
+    assert load_checkpoint(out)["config"]["roi_size"] == 32 and summary["attention"]["epochs"] == 2
+    with pytest.raises(InputError, match="same depth, width and input size"):
+        train_classifier(inventory, tiny_options(stage="attention", width=8), out)
+
+    # a network option: both stages train afresh (resuming would load weights of another shape)
+    summary = train_classifier(inventory, tiny_options(width=8), out)
+    assert summary["holistic"]["epochs"] == 2 and load_checkpoint(out)["config"]["width"] == 8
 
 
 @pytest.mark.parametrize(
@@ -354,7 +394,8 @@ def exam_store(tmp_path) -> Path:
     for index, (image_id, patient, side) in enumerate(
         [("x_lcc", "X", "L"), ("x_lmlo", "X", "L"), ("x_rmlo", "X", "R"), ("y_lmlo", "Y", "L")]
     ):
-        png = write_grey_png(tmp_path / f"{image_id}.png", make_phantom(index, seed=2, shape=(256, 208)).pixels, bits=12)
+        pixels = make_phantom(index, seed=2, shape=(256, 208)).pixels
+        png = write_grey_png(tmp_path / f"{image_id}.png", pixels, bits=12)
         store.add_image(image_id, str(png), {"patient_id": patient, "laterality": side})
     return tmp_path / "studies"
 
@@ -375,7 +416,7 @@ def test_infer_returns_risks_saliency_levels_roi_and_exam(exam_store, tmp_path):
     write_tiny_checkpoint(tmp_path / "classification.pt")
     task = ClassificationInfer(path=str(tmp_path / "classification.pt"))
     image = exam_store / "x_rmlo.png"
-    label_file, result = task({"image": str(image)})
+    label_file, result = task({"image": str(image), "laterality": "R"})  # as the server passes the image info
     labelmap = read_label(label_file)
     pixels = read_mammogram(image).pixels
     assert labelmap.shape == pixels.shape and labelmap.dtype == np.uint8
@@ -403,7 +444,8 @@ def test_infer_returns_risks_saliency_levels_roi_and_exam(exam_store, tmp_path):
     assert result["points"][0]["x"] == pytest.approx(coa["x"]) and result["points"][0]["name"] == "centre_of_attention"
 
     # the examination: max over breasts of the sum of that breast's view risks, each as scored alone
-    alone = {i: task({"image": str(exam_store / f"{i}.png"), "exam": "false"})[1] for i in ("x_lcc", "x_lmlo", "x_rmlo")}
+    alone = {i: task({"image": str(exam_store / f"{i}.png"), "exam": "false", "laterality": side})[1]
+             for i, side in (("x_lcc", "L"), ("x_lmlo", "L"), ("x_rmlo", "R"))}
     assert all(r["exam"] is None for r in alone.values())
     exam = result["exam"]
     assert exam["patient_id"] == "X" and [v["image_id"] for v in exam["views"]] == ["x_lcc", "x_lmlo", "x_rmlo"]

@@ -17,10 +17,12 @@ task serves, with the network configuration, the target, the label usage and the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import shutil
+from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from mammolabel.data.datastore import LabelInventory, MammoDatastore
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
 from mammolabel.engines.checkpoint import load_checkpoint
-from mammolabel.engines.loop import FitOptions, FitResult, fit, resolve_device, write_stats
+from mammolabel.engines.loop import FitOptions, FitResult, fit, last_path, resolve_device, write_stats
 from mammolabel.engines.progress import Progress
 from mammolabel.errors import InputError
 from mammolabel.io import atomic_path, canonicalise, read_mammogram
@@ -49,6 +51,8 @@ from mammolabel.transforms.geometry import Frame, make_frame
 logger = logging.getLogger("mammolabel")
 
 STAGES = ("holistic", "attention", "both")
+#: Options that only the attention stage uses (changing them does not retrain the holistic stage).
+ATTENTION_ONLY = ("roi_size", "roi_scale", "top_fraction")
 TARGETS = ("malignant", "abnormal")
 MODELS = ("holistic", "attention", "ensemble")
 
@@ -210,7 +214,8 @@ def saliency_maps(analysis: Analysis, pixels: np.ndarray) -> tuple[np.ndarray, n
     smooth = ndimage.gaussian_filter(analysis.saliency.astype(np.float32), sigma)
     heat = analysis.frame.to_full(smooth / max(float(smooth.max()), 1e-12))
     mask, _ = body_mask(pixels)
-    breast = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=pixels.shape, mode="nearest")[0, 0].numpy() > 0
+    mask = torch.from_numpy(mask)[None, None].float()
+    breast = F.interpolate(mask, size=pixels.shape, mode="nearest")[0, 0].numpy() > 0
     labelmap = np.zeros(pixels.shape, np.uint8)
     if breast.any():
         levels = np.quantile(heat[breast], SALIENCY_LEVELS)
@@ -263,7 +268,8 @@ def exam_images(image_path: str) -> tuple[str, str, list[tuple[str, str, dict[st
     patient = store.get_image_info(found).get("patient_id") if found else None
     if not patient:
         return None
-    views = [(i, images[i], info) for i in sorted(images) if (info := store.get_image_info(i)).get("patient_id") == patient]
+    infos = {i: store.get_image_info(i) for i in sorted(images)}
+    views = [(i, images[i], info) for i, info in infos.items() if info.get("patient_id") == patient]
     return found, str(patient), views
 
 
@@ -312,42 +318,49 @@ def evaluation_row(record: ImageLabels, result: dict[str, Any]) -> dict[str, Any
     return row
 
 
-def _question_truth(finding: str, question: str) -> bool | None:
-    if question == "malignant_vs_rest":
-        return finding == "malignant"
-    if question == "normal_vs_abnormal":
-        return finding != "normal"
-    return None if finding == "normal" else finding == "malignant"  # benign_vs_malignant
+#: The ROC questions of the evaluation: a finding's truth, or None where the question does not apply.
+QUESTIONS = {
+    "malignant_vs_rest": lambda finding: finding == "malignant",
+    "normal_vs_abnormal": lambda finding: finding != "normal",
+    "benign_vs_malignant": lambda finding: None if finding == "normal" else finding == "malignant",
+}
+
+
+def model_aucs(items: list[tuple[dict[str, Any], bool]], prefix: str = "") -> dict[str, float | None]:
+    """AUC of each model's ``<prefix><model>_score`` over (row, truth) pairs (models without scores left out)."""
+    return {m: auc([r[f"{prefix}{m}_score"] for r, _ in items], [t for _, t in items])
+            for m in MODELS if items and all(r.get(f"{prefix}{m}_score") is not None for r, _ in items)}
 
 
 def summarise_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """AUC of each model on each question, per image and per examination, and the ROI hit rate."""
-    questions = ("malignant_vs_rest", "normal_vs_abnormal", "benign_vs_malignant")
-    by_model: dict[str, dict[str, float | None]] = {}
-    by_exam: dict[str, dict[str, float | None]] = {}
-    exams: dict[str, list[dict[str, Any]]] = {}
+    """AUC of each model on each question, per image and per examination, and the ROI hit rate.
+
+    An examination is positive when one of its images is; it is left out of a question that does
+    not apply to one of its images.
+    """
+    exams: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("exam_id") and r.get("finding"):
-            exams.setdefault(r["exam_id"], []).append(r)
-    for q in questions:
-        scored = [(r, t) for r in rows if r.get("finding") and (t := _question_truth(r["finding"], q)) is not None]
-        by_model[q] = {m: auc([r[f"{m}_score"] for r, _ in scored], [t for _, t in scored])
-                       for m in MODELS if scored and all(r.get(f"{m}_score") is not None for r, _ in scored)}
-        exam_truth = [(ex[0], any(_question_truth(r["finding"], q) for r in ex)) for ex in exams.values()
-                      if all(_question_truth(r["finding"], q) is not None for r in ex)]
-        by_exam[q] = {m: auc([r[f"exam_{m}_score"] for r, _ in exam_truth], [t for _, t in exam_truth])
-                      for m in MODELS if exam_truth and all(r.get(f"exam_{m}_score") is not None for r, _ in exam_truth)}
+            exams[r["exam_id"]].append(r)
+    by_image, by_exam = {}, {}
+    for question, truth_of in QUESTIONS.items():
+        images = [(r, t) for r in rows if r.get("finding") and (t := truth_of(r["finding"])) is not None]
+        exam_items = []
+        for exam in exams.values():
+            truths = [truth_of(r["finding"]) for r in exam]
+            if None not in truths:
+                exam_items.append((exam[0], any(truths)))
+        by_image[question], by_exam[question] = model_aucs(images), model_aucs(exam_items, "exam_")
     target = rows[0]["target"] if rows else "malignant"
     question = "malignant_vs_rest" if target == "malignant" else "normal_vs_abnormal"
-    aucs = by_model.get(question, {})
+    holistic, ensemble = by_image[question].get("holistic"), by_image[question].get("ensemble")
     roi_hits = [float(r["roi_hit"]) for r in rows if r.get("roi_hit") is not None]
     return {
         "target_question": question,
-        "auc_by_model": by_model,
+        "auc_by_model": by_image,
         "exam_auc_by_model": by_exam,
         "n_exams": len(exams),
-        "ensemble_ge_holistic": (aucs["ensemble"] >= aucs["holistic"])
-        if aucs.get("ensemble") is not None and aucs.get("holistic") is not None else None,
+        "ensemble_ge_holistic": None if holistic is None or ensemble is None else ensemble >= holistic,
         "roi_hit_rate": float(np.mean(roi_hits)) if roi_hits else None,
     }
 
@@ -403,11 +416,13 @@ def risks_of(net: torch.nn.Module, images: torch.Tensor, batch_size: int) -> np.
 
 
 def _loader(dataset: Dataset, batch_size: int, seed: int):
-    def batches(epoch: int):
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=len(dataset) > batch_size)
+    """``batches(epoch)``, shuffled in an order fixed by ``seed`` and the epoch, and the number of batches."""
 
-    return batches, max(1, len(dataset) // batch_size if len(dataset) > batch_size else 1)
+    def batches(epoch: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+
+    return batches, math.ceil(len(dataset) / batch_size)
 
 
 def _split(inventory: LabelInventory, opts: DahlOptions, val_fraction: float, seed: int):
@@ -445,6 +460,22 @@ def selection_metric(truth: list[bool]) -> str:
     return "neg_val_loss"
 
 
+def restart_if_changed(out: Path, signature: dict[str, Any]) -> None:
+    """Forget a stage's previous run (its ``.last.pt``) when it was made with other settings.
+
+    Resuming continues a run only with the same options, validation images and, for the attention
+    stage, the same Holistic model; anything else would mix two trainings.
+    """
+    last = last_path(out)
+    if last.exists() and load_checkpoint(last).get("signature") != signature:
+        logger.info(f"train_classifier: {out.name} was trained with other settings; this stage starts afresh")
+        last.unlink()
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _fit_options(values: dict[str, Any], epochs: int) -> FitOptions:
     return FitOptions(epochs=epochs, device=str(values.get("device", "auto")), resume=bool(values.get("resume", True)))
 
@@ -456,8 +487,9 @@ def train_holistic(train: list[ImageLabels], val: list[ImageLabels], opts: DahlO
     size = (opts.input_rows, opts.input_cols)
     model = DahlClassifier(**opts.network(attention=False))
     train_truth = [float(positive(r, opts.target)) for r in train]
-    train_ds = LabelledImages([s.image for s in MammoDataset(train, size, crop_breast=True).samples], train_truth,
-                              opts.target, augmentation(opts, size, seed) if opts.augment else None)
+    train_images = [s.image for s in MammoDataset(train, size, crop_breast=True).samples]
+    transform = augmentation(opts, size, seed) if opts.augment else None
+    train_ds = LabelledImages(train_images, train_truth, opts.target, transform)
     val_images = torch.stack([s.image for s in MammoDataset(val, size, crop_breast=True).samples])
     val_truth = [bool(positive(r, opts.target)) for r in val]
     weights = class_weights(train_truth, opts.balance)
@@ -471,6 +503,9 @@ def train_holistic(train: list[ImageLabels], val: list[ImageLabels], opts: DahlO
         return risk_metrics(risks_of(model.holistic, val_images, opts.batch_size), val_truth)
 
     optimizer = torch.optim.Adam(model.holistic.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    signature = {k: v for k, v in meta["signature"].items() if k not in ATTENTION_ONLY}
+    meta = {**meta, "signature": signature}
+    restart_if_changed(out, signature)
     return fit(model, optimizer, batches, steps, step, validate, selection_metric(val_truth), out, fit_opts,
                meta={**meta, "stage": "holistic", "config": opts.network(attention=False)}, desc="holistic")
 
@@ -481,7 +516,7 @@ def roi_inputs(model: DahlClassifier, records: list[ImageLabels], desc: str) -> 
     progress = Progress(len(records), desc, every_s=15)
     with torch.no_grad():
         for record in records:
-            pixels = canonicalise(read_mammogram(record.image_path)).pixels
+            pixels = canonicalise(read_mammogram(record.image_path), record.laterality).pixels
             analysis = analyse(model, pixels)
             rois.append(torch.from_numpy(analysis.roi_frame.to_input(pixels))[None])
             risks.append(analysis.holistic)
@@ -496,7 +531,11 @@ def train_attention(train: list[ImageLabels], val: list[ImageLabels], opts: Dahl
         raise InputError(f"train_classifier: stage 'attention' needs the holistic stage's checkpoint {holistic}; "
                          "run stage=holistic (or both) first")
     ckpt = load_checkpoint(holistic)
-    config = dict(ckpt["config"], attention=False)
+    config = opts.network(attention=False)
+    trained = {k: ckpt["config"][k] for k in ("depth", "width", "input_size")}
+    if trained != {k: config[k] for k in trained}:
+        raise InputError(f"train_classifier: the holistic stage was trained with {trained}; train the attention "
+                         "stage with the same depth, width and input size, or run stage=both")
     model = DahlClassifier(**config)
     model.load_state_dict(ckpt["model"])
     model.to(resolve_device(fit_opts.device)).eval()
@@ -508,7 +547,8 @@ def train_attention(train: list[ImageLabels], val: list[ImageLabels], opts: Dahl
     train_truth = [float(positive(r, opts.target)) for r in train]
     val_truth = [bool(positive(r, opts.target)) for r in val]
     size = (model.roi_size, model.roi_size)
-    train_ds = LabelledImages(train_rois, train_truth, opts.target, augmentation(opts, size, seed) if opts.augment else None)
+    transform = augmentation(opts, size, seed) if opts.augment else None
+    train_ds = LabelledImages(train_rois, train_truth, opts.target, transform)
     val_images = torch.stack(val_rois)
     weights = class_weights(train_truth, opts.balance)
     batches, steps = _loader(train_ds, opts.batch_size, seed)
@@ -525,6 +565,8 @@ def train_attention(train: list[ImageLabels], val: list[ImageLabels], opts: Dahl
 
     optimizer = torch.optim.Adam(model.attention.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     config["attention"] = True
+    meta = {**meta, "signature": {**meta["signature"], "holistic": file_digest(holistic)}}
+    restart_if_changed(out, meta["signature"])
     return fit(model, optimizer, batches, steps, step, validate, selection_metric(val_truth), out, fit_opts,
                meta={**meta, "stage": "attention", "config": config}, desc="attention")
 
@@ -532,7 +574,8 @@ def train_attention(train: list[ImageLabels], val: list[ImageLabels], opts: Dahl
 def stage_summary(result: FitResult) -> dict[str, Any]:
     """Best epoch of a stage with its validation metrics."""
     best = result.history[result.best_epoch - 1]
-    return {"best_epoch": result.best_epoch, "epochs": result.epochs_run, **{k: v for k, v in best.items() if k != "epoch"}}
+    metrics = {k: v for k, v in best.items() if k != "epoch"}
+    return {"best_epoch": result.best_epoch, "epochs": result.epochs_run, **metrics}
 
 
 def train_classifier(inventory: LabelInventory, values: dict[str, Any], out: str | os.PathLike) -> dict[str, Any]:
@@ -543,8 +586,11 @@ def train_classifier(inventory: LabelInventory, values: dict[str, Any], out: str
     train, val, report = _split(inventory, opts, float(values.get("val_fraction", 0.2)), seed)
     logger.info(f"train_classifier: {len(train)} training and {len(val)} validation images "
                 f"(target {opts.target}); labels {report}")
-    meta = {"method": "dahl", "target": opts.target, "labels": report, "val_images": [r.image_id for r in val],
-            "train_images": len(train), "options": asdict(opts), "saliency_levels": list(SALIENCY_LEVELS)}
+    val_ids = [r.image_id for r in val]
+    settings = {k: v for k, v in asdict(opts).items() if k not in ("stage", "attention_epochs")}
+    meta = {"method": "dahl", "target": opts.target, "labels": report, "val_images": val_ids,
+            "train_images": len(train), "options": asdict(opts), "saliency_levels": list(SALIENCY_LEVELS),
+            "signature": {**settings, "seed": seed, "val_images": val_ids}}
     summary: dict[str, Any] = {"checkpoint": str(out), "stage": opts.stage, "target": opts.target, "labels": report,
                                "train_images": len(train), "val_images": len(val)}
     if opts.stage in ("holistic", "both"):

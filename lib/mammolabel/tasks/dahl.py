@@ -117,7 +117,7 @@ class ClassificationInfer(MammoInferTask):
         cached = self._views.get(path)
         if cached and cached[0] == key:
             return cached[1]
-        picture = canonicalise(read_mammogram(path))
+        picture = canonicalise(read_mammogram(path), info.get("laterality"))
         with torch.inference_mode(False):
             analysis = analyse(network, picture.pixels)
         view = View(image_id, image_side(picture.meta, info), analysis.holistic, analysis.attention, analysis.ensemble)
