@@ -5,7 +5,8 @@
 Chromium is driven over the DevTools protocol (aiohttp's WebSocket client, already in the stack):
 the viewer opens ``/ohif/viewer?StudyInstanceUIDs=...``, the structured report's thumbnail is
 double-clicked so that OHIF draws its regions over the mammogram, and the page is captured once
-the SR viewport shows them. Exit status 2 with one line when something does not show up in time.
+the SR viewport shows them. Exit status 2 with one line when something does not show up in time
+(the message then ends with the page's last console lines).
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ THUMBNAILS_JS = """
   .map(e => { const r = e.getBoundingClientRect();
               return {text: e.innerText, x: r.x + r.width / 2, y: r.y + r.height / 2}; })
 """
-# In the page: whether an SR viewport has drawn annotations (SVG shapes over a canvas).
-SR_SHOWN_JS = """
-(() => { const svg = [...document.querySelectorAll('svg.svg-layer, svg')]
-                      .filter(s => s.querySelector('path, polyline, line, circle, rect[data-id]'));
-         return document.body.innerText.includes('SR') && svg.length > 0; })()
+# In the page: the texts OHIF drew over the image (SR measurement labels), once it drew some shapes.
+SR_DRAWN_JS = """
+(() => { const layer = document.querySelector('[data-cy="viewport-pane"] svg.svg-layer');
+         if (!layer || !layer.querySelector('line, path, polyline, circle')) return null;
+         return [...layer.querySelectorAll('text')].map(t => t.textContent); })()
+"""
+# In the page: close OHIF's "investigational use" banner so that it does not cover the image.
+DISMISS_BANNER_JS = """
+[...document.querySelectorAll('button')].filter(b => b.innerText.includes('Confirm and Hide')).forEach(b => b.click())
 """
 
 
@@ -51,8 +56,9 @@ class CDP:
         await self.ws.send_str(json.dumps({"id": msg_id, "method": method, "params": params}))
         while True:
             msg = json.loads((await self.ws.receive()).data)
-            if msg.get("method") == "Runtime.consoleAPICalled" and msg["params"]["type"] in ("error", "warning", "log", "info"):
-                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in msg["params"]["args"]))
+            if msg.get("method") == "Runtime.consoleAPICalled" and msg["params"]["type"] in ("error", "warning"):
+                args = msg["params"]["args"]
+                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
             if msg.get("method") == "Runtime.exceptionThrown":
                 self.console.append(str(msg["params"]["exceptionDetails"].get("exception", {}).get("description", "")))
             if msg.get("id") == msg_id:
@@ -77,10 +83,13 @@ async def wait_for(cdp: CDP, expression: str, timeout_s: float, what: str):
         if value:
             return value
         await asyncio.sleep(0.5)
-    raise TimeoutError(f"{what} did not show up within {timeout_s:.0f} s")
+    console = " | ".join(line.splitlines()[0] for line in cdp.console[-4:] if line)
+    raise TimeoutError(f"{what} did not show up within {timeout_s:.0f} s (page console: {console or 'quiet'})")
 
 
-async def capture(port: int, url: str, out: Path, size: tuple[int, int], timeout_s: float) -> None:
+async def capture(port: int, url: str, report: str, out: Path, size: tuple[int, int], timeout_s: float,
+                  settle_s: float) -> list[str]:
+    """Open ``url``, show the last SR series mentioning ``report``, write the PNG; return the SR labels."""
     async with aiohttp.ClientSession() as http:
         for _ in range(100):  # Chromium opens its DevTools endpoint after a moment
             try:
@@ -95,30 +104,36 @@ async def capture(port: int, url: str, out: Path, size: tuple[int, int], timeout
             raise TimeoutError("Chromium's DevTools endpoint did not answer")
         async with http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
             cdp = CDP(ws)
+            await cdp.send("Runtime.enable")
             await cdp.send("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
                            mobile=False)
             await cdp.send("Page.navigate", url=url)
             thumbs = await wait_for(cdp, f"(() => {{ const t = {THUMBNAILS_JS}; return t.length > 1 ? t : null; }})()",
                                     timeout_s, "the study's series thumbnails")
-            reports = [t for t in thumbs if "SR" in t["text"]]
+            reports = [t for t in thumbs if t["text"].startswith("SR") and report in t["text"]]
             if not reports:
-                raise LookupError(f"the study has no SR series in OHIF's study browser: {[t['text'] for t in thumbs]}")
-            await asyncio.sleep(2)  # let the first image finish loading before switching the viewport
+                raise LookupError(f"no SR series mentioning '{report}' in OHIF's study browser: "
+                                  f"{[' '.join(t['text'].split()) for t in thumbs]}")
+            await cdp.evaluate(DISMISS_BANNER_JS)
+            await asyncio.sleep(min(settle_s, 2.0))  # the first image finishes loading before the viewport switches
             await cdp.double_click(reports[-1]["x"], reports[-1]["y"])
-            await wait_for(cdp, SR_SHOWN_JS, timeout_s, "the SR regions over the image")
-            await asyncio.sleep(3)  # rendering settles (software WebGL)
+            labels = await wait_for(cdp, SR_DRAWN_JS, timeout_s, "the SR regions over the image")
+            await asyncio.sleep(settle_s)  # rendering settles (software WebGL)
             shot = await cdp.send("Page.captureScreenshot", format="png")
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(base64.b64decode(shot["data"]))
+            return labels
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True, help="MONAI Label server URL (serving a DICOMweb datastore)")
     parser.add_argument("--study", required=True, help="StudyInstanceUID to open")
+    parser.add_argument("--report", default="MammoLabel", help="text of the SR series to show (the last match)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--size", default="1600x1000", help="window size WxH")
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds to let the drawing settle before the shot")
     args = parser.parse_args(argv)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if not chromium:
@@ -135,14 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             url = f"{args.server.rstrip('/')}/ohif/viewer?StudyInstanceUIDs={args.study}"
-            asyncio.run(capture(port, url, args.out, (width, height), args.timeout))
+            labels = asyncio.run(capture(port, url, args.report, args.out, (width, height), args.timeout, args.settle))
         except (TimeoutError, LookupError, RuntimeError) as e:
             print(f"ohif_screenshot: {e}", file=sys.stderr)
             return 2
         finally:
             browser.terminate()
             browser.wait(timeout=20)
-    print(f"ohif_screenshot: wrote {args.out}")
+    print(f"ohif_screenshot: wrote {args.out}; OHIF drew the SR with labels {labels}")
     return 0
 
 

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # A local Orthanc DICOMweb server for development, tests and demos (Debian's orthanc + orthanc-dicomweb).
 #
-#   scripts/orthanc.sh install                 # apt-get install orthanc orthanc-dicomweb (as root; no service is started)
-#   scripts/orthanc.sh start DIR [PORT]        # write DIR/orthanc.json, start Orthanc, wait until it answers
-#   scripts/orthanc.sh stop DIR                # stop the Orthanc started in DIR
-#   scripts/orthanc.sh upload DIR FILE...      # store DICOM files in it (Orthanc REST API)
+#   scripts/orthanc.sh install [--with-chromium]  # apt-get install orthanc orthanc-dicomweb [chromium] (as root;
+#                                                 # no service is started; chromium is for the OHIF check)
+#   scripts/orthanc.sh start DIR [PORT]           # write DIR/orthanc.json, start Orthanc, wait until it answers
+#   scripts/orthanc.sh stop DIR                   # stop the Orthanc started in DIR
+#   scripts/orthanc.sh upload DIR FILE...         # store DICOM files in it (Orthanc REST API)
 #
 # `start` installs Orthanc when it is missing, picks a free port on 127.0.0.1 unless PORT is given, and
 # writes DIR/orthanc.env with ORTHANC_URL, DICOMWEB_URL, MONAI_LABEL_DICOMWEB_USERNAME and
 # MONAI_LABEL_DICOMWEB_PASSWORD (source it before `monailabel start_server --studies "$DICOMWEB_URL"`).
-# The server listens on loopback only, refuses anonymous requests (HTTP basic authentication with one
-# registered user: ORTHANC_USER, default "mammolabel"; ORTHANC_PASSWORD, default random), has its
-# DICOM network port off, and stores everything as Explicit VR Little Endian.
+# The server answers loopback clients only (Orthanc 1.10 has no bind address; other clients get 401),
+# refuses anonymous requests (HTTP basic authentication with one registered user: ORTHANC_USER,
+# default "mammolabel"; ORTHANC_PASSWORD, default random), has its DICOM network port off, and
+# stores everything as Explicit VR Little Endian.
 set -euo pipefail
 
 PLUGIN_DIR="${ORTHANC_PLUGIN_DIR:-/usr/share/orthanc/plugins}"
@@ -19,12 +21,14 @@ PY="${PYTHON:-python3}"
 
 die() { echo "orthanc.sh: $*" >&2; exit 2; }
 
-install_orthanc() {
-  if command -v Orthanc >/dev/null && [ -e "$PLUGIN_DIR/libOrthancDicomWeb.so" ]; then
-    return 0
-  fi
-  [ "$(id -u)" -eq 0 ] || die "Orthanc is not installed; run as root: apt-get install -y --no-install-recommends orthanc orthanc-dicomweb"
-  echo "[orthanc] installing Debian's orthanc and orthanc-dicomweb" >&2
+install_orthanc() {  # [--with-chromium]
+  local packages=()
+  command -v Orthanc >/dev/null || packages+=(orthanc)
+  [ -e "$PLUGIN_DIR/libOrthancDicomWeb.so" ] || packages+=(orthanc-dicomweb)
+  if [ "${1:-}" = "--with-chromium" ] && ! command -v chromium >/dev/null; then packages+=(chromium); fi
+  [ ${#packages[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "missing ${packages[*]}; run as root: apt-get install -y --no-install-recommends ${packages[*]}"
+  echo "[orthanc] installing Debian's ${packages[*]}" >&2
   # The package would start a system-wide Orthanc on ports 8042/4242: keep services from starting.
   local policy=/usr/sbin/policy-rc.d added=0
   if [ ! -e "$policy" ]; then
@@ -32,8 +36,8 @@ install_orthanc() {
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb >/dev/null
-  [ "$added" -eq 1 ] && rm -f "$policy"
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  if [ "$added" -eq 1 ]; then rm -f "$policy"; fi
   command -v Orthanc >/dev/null || die "apt-get finished but the Orthanc command is missing"
 }
 
@@ -55,7 +59,7 @@ config = {
     "StorageCompression": False,
     "HttpServerEnabled": True,
     "HttpPort": int(port),
-    "RemoteAccessAllowed": False,  # answers 127.0.0.1 only
+    "RemoteAccessAllowed": False,  # answers loopback clients only
     "AuthenticationEnabled": True,  # no anonymous access
     "RegisteredUsers": {user: password},
     "SslEnabled": False,
@@ -147,9 +151,9 @@ upload() {  # DIR FILE...
 }
 
 case "${1:-}" in
-  install) install_orthanc ;;
+  install) install_orthanc "${2:-}" ;;
   start) [ $# -ge 2 ] || die "usage: $0 start DIR [PORT]"; start_orthanc "$2" "${3:-}" ;;
   stop) [ $# -eq 2 ] || die "usage: $0 stop DIR"; stop_orthanc "$2" ;;
   upload) [ $# -ge 3 ] || die "usage: $0 upload DIR FILE..."; dir="$2"; shift 2; upload "$dir" "$@" ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -15,6 +15,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,7 +194,12 @@ def mammolabel(orthanc, pacs, app_dir, tmp_path_factory):
 def retrieve(orthanc: Orthanc, ref: dict[str, str]) -> Dataset:
     ds = orthanc.client().retrieve_instance(ref["study_uid"], ref["series_uid"], ref["sop_instance_uid"])
     assert ds.SOPClassUID == ref["sop_class_uid"]
+    ds.filename = None  # read from memory (highdicom's copies would warn about the buffer)
     return ds
+
+
+def referenced_instance(seg: Dataset) -> str:
+    return str(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID)
 
 
 def assert_same_patient_and_study(ds: Dataset, source: Dataset) -> None:
@@ -298,7 +304,7 @@ def test_a_final_label_goes_back_as_seg_and_loses_nothing(orthanc, pacs, tmp_pat
     assert saved["user"] == "dr_a" and sorted(saved["boxes"]) == [[250, 200, 269, 229], [300, 50, 379, 119]]
     seg = retrieve(orthanc, saved["dicom_seg"])
     assert_same_patient_and_study(seg, source)
-    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert referenced_instance(seg) == source.SOPInstanceUID
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["mass", "label_2", "label_3", "calcification"]
     assert {s.SegmentAlgorithmType for s in seg.SegmentSequence} == {"MANUAL"}
     np.testing.assert_array_equal(out.labelmap_from_segmentation(seg, source.SOPInstanceUID), mask)
@@ -356,7 +362,7 @@ def test_every_result_is_stored_back_as_seg_heatmap_and_report(mammolabel, ortha
     seg = retrieve(orthanc, stored["seg"])
     assert_same_patient_and_study(seg, source)
     assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns) and "FrameOfReferenceUID" not in seg
-    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert referenced_instance(seg) == source.SOPInstanceUID
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["lesion", "rim"]
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
     assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "MammoLabel probe"
@@ -385,6 +391,24 @@ def test_every_result_is_stored_back_as_seg_heatmap_and_report(mammolabel, ortha
     assert (labelmap[y0:y1 + 1, x0:x1 + 1] == 1).all()  # the box is the lesion label's, mapped back alike
     image_group, = report.content.get_image_measurement_groups()
     assert [m.value for m in image_group.get_measurements(name=codes.DCM.ProbabilityOfCancer)] == [62.5]
+
+
+def test_ohif_draws_the_report_over_the_mammogram(mammolabel, pacs, tmp_path):
+    """The bundled OHIF, in headless Chromium, opens the study and draws the probe's SR box and point."""
+    if not shutil.which("chromium"):
+        message = "Chromium is not installed (as root: scripts/orthanc.sh install --with-chromium)"
+        if ON_CI:
+            pytest.fail(f"{message}; it is required when CI=true")
+        pytest.skip(message)
+    r = requests.post(f"{mammolabel.url}/infer/probe?image={pacs.sop['phantom_001']}&output=json", timeout=120)
+    assert r.json()["dicom"]["stored"], r.text
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "ohif_screenshot.py"), "--server", mammolabel.url,
+                          "--study", pacs.source("phantom_001").StudyInstanceUID, "--report", "probe",
+                          "--out", str(tmp_path / "ohif.png"), "--timeout", "90", "--settle", "0.5"],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    assert "'Probability of cancer: 75.00 %'" in run.stdout and "'Probability of cancer: 25.00 %'" in run.stdout
+    assert (tmp_path / "ohif.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_breast_region_results_go_to_the_pacs_over_plain_http(mammolabel, orthanc, pacs, tmp_path):
@@ -422,7 +446,8 @@ def test_server_saves_an_annotators_label_as_seg(mammolabel, orthanc, pacs, tmp_
     mask[100:160, 60:140] = 1
     label = write_labelmap(tmp_path / "mask.nrrd", mask)
     with open(label, "rb") as f:
-        r = requests.put(f"{mammolabel.url}/datastore/label", params={"image": pacs.series["phantom_002"], "tag": "final"},
+        r = requests.put(f"{mammolabel.url}/datastore/label",
+                         params={"image": pacs.series["phantom_002"], "tag": "final"},
                          files={"label": ("mask.nrrd", f)}, data={"params": json.dumps({"user": "dr_b"})}, timeout=60)
     assert r.status_code == 200, r.text
     r = requests.get(f"{mammolabel.url}/datastore/label", params={"label": pacs.sop["phantom_002"], "tag": "final"},

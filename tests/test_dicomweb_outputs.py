@@ -37,11 +37,11 @@ def reread(ds: Dataset) -> Dataset:
 
 @pytest.fixture(scope="module")
 def mg_file(tmp_path_factory) -> Path:
-    """A right-breast phantom with a lesion, stored as DICOM MG (FrameOfReferenceUID, PixelSpacing, no SliceThickness)."""
+    """A right-breast phantom with a lesion as DICOM MG (FrameOfReferenceUID, PixelSpacing, no SliceThickness)."""
     p = make_phantom(2, seed=0)
     assert p.finding != "normal" and p.laterality == "R"
-    return write_dicom_mg(tmp_path_factory.mktemp("mg") / "mg.dcm", p.pixels, patient_id="P1", study_uid="1.2.826.0.1.3680043.8.498.77.1",
-                          laterality="R", view="CC")
+    return write_dicom_mg(tmp_path_factory.mktemp("mg") / "mg.dcm", p.pixels, patient_id="P1",
+                          study_uid="1.2.826.0.1.3680043.8.498.77.1", laterality="R", view="CC")
 
 
 @pytest.fixture()
@@ -77,7 +77,9 @@ def _variant(source: Dataset, variant: str) -> Dataset:
     return ds
 
 
-@pytest.mark.parametrize("variant", ["as_written", "no_frame_of_reference", "imager_spacing_only", "with_slice_thickness"])
+@pytest.mark.parametrize(
+    "variant", ["as_written", "no_frame_of_reference", "imager_spacing_only", "with_slice_thickness"]
+)
 def test_seg_round_trips_the_labelmap_and_references_the_source(source, variant):
     src = _variant(source, variant)
     lab = lesion_labelmap((src.Rows, src.Columns))
@@ -172,7 +174,8 @@ def test_report_holds_probabilities_boxes_and_points_on_the_source(source):
     assert_references_source(sr, source)
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
     assert evidence.StudyInstanceUID == source.StudyInstanceUID
-    assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    referenced = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
 
     report = hd.sr.ComprehensiveSR.from_dataset(sr)
@@ -205,7 +208,8 @@ def test_report_holds_probabilities_boxes_and_points_on_the_source(source):
 def test_report_without_numbers_is_still_valid(source):
     sr = reread(out.measurement_report(source, "breast_region", {"breast_fraction": 0.4}))
     report = hd.sr.ComprehensiveSR.from_dataset(sr)
-    assert report.content.get_image_measurement_groups() == [] and report.content.get_planar_roi_measurement_groups() == []
+    assert report.content.get_image_measurement_groups() == []
+    assert report.content.get_planar_roi_measurement_groups() == []
 
 
 def test_results_makes_the_heatmap_only_when_there_is_one(source, mg_file):
