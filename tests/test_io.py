@@ -125,10 +125,11 @@ def _bad_files(tmp_path):
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(good)
     (tmp_path / "truncated.png").write_bytes(good.read_bytes()[:40])
-    Image.fromarray(np.dstack([np.zeros((5, 5)), np.ones((5, 5)), np.zeros((5, 5))]).astype(np.uint8) * 200).save(
+    Image.fromarray(np.dstack([np.zeros((20, 20)), np.ones((20, 20)), np.zeros((20, 20))]).astype(np.uint8) * 200).save(
         tmp_path / "colour.png")
-    nib.save(nib.Nifti1Image(np.full((4, 4, 1), np.nan, np.float32), np.eye(4)), tmp_path / "nan.nii")
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.float32), np.eye(4)), tmp_path / "volume.nii")
+    nib.save(nib.Nifti1Image(np.full((20, 20, 1), np.nan, np.float32), np.eye(4)), tmp_path / "nan.nii")
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 3), np.float32), np.eye(4)), tmp_path / "volume.nii")
+    Image.fromarray(np.zeros((20, 3), np.uint8)).save(tmp_path / "sliver.png")
     ds = _dicom(tmp_path)
     del ds.PixelData
     ds.save_as(tmp_path / "nopixels.dcm")
@@ -142,6 +143,7 @@ def _bad_files(tmp_path):
         "empty.png": "empty", "text.png": "cannot read", "notes.txt": "unsupported", "truncated.png": "cannot read",
         "colour.png": "colour", "nan.nii": "NaN", "volume.nii": "2D", "nopixels.dcm": "no pixel data",
         "multiframe.dcm": "multi-frame", "huge.dcm": "outside the supported range", "missing.png": "not found",
+        "sliver.png": "outside the supported range",
     }
 
 

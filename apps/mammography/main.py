@@ -121,7 +121,7 @@ class MammoLabelApp(MONAILabelApp):
         super().on_init_complete()
         from monailabel.app import app as server
 
-        install_error_handlers(server)
+        install_error_handlers(server, {"train": set(self._trainers), "scoring": set(self._scoring_methods)})
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Refuse unknown image ids with a 404 before MONAI Label turns them into a path.

@@ -18,6 +18,7 @@ from mammolabel.io.image import Mammogram, normalise
 #: Digital Mammography X-Ray Image Storage - For Presentation.
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MAX_PIXELS = 64_000_000
+MIN_SIDE = 16
 
 
 def find_instance(path: Path) -> Path:
@@ -45,7 +46,7 @@ def read_dicom(path: Path) -> Mammogram:
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise InputError(f"{path}: colour DICOM image (SamplesPerPixel={ds.SamplesPerPixel}) is not a mammogram")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows * cols == 0 or rows * cols > MAX_PIXELS:
+    if min(rows, cols) < MIN_SIDE or rows * cols > MAX_PIXELS:
         raise InputError(f"{path}: image size {rows}x{cols} is outside the supported range")
     try:
         raw = ds.pixel_array

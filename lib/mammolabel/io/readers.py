@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from mammolabel.errors import InputError
-from mammolabel.io.dicom import MAX_PIXELS, read_dicom
+from mammolabel.io.dicom import MAX_PIXELS, MIN_SIDE, read_dicom
 from mammolabel.io.image import Mammogram, normalise
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".pgm", ".nii", ".nii.gz", ".nrrd")
@@ -37,7 +37,8 @@ def file_format(path: Path) -> str:
 
 
 def _check_size(path: Path, shape: tuple[int, ...]) -> None:
-    if int(np.prod(shape)) == 0 or int(np.prod(shape)) > MAX_PIXELS:
+    sides = [int(s) for s in shape[:2]]
+    if min(sides) < MIN_SIDE or int(np.prod(shape)) > MAX_PIXELS:
         raise InputError(f"{path}: image size {'x'.join(map(str, shape))} is outside the supported range")
 
 

@@ -1,12 +1,23 @@
-"""What the MammoLabel app adds to the MONAI Label server: clear 4xx answers instead of tracebacks."""
+"""What the MammoLabel app adds to the MONAI Label server.
+
+- Errors a client can fix become JSON 4xx answers with a message, never a traceback.
+- :class:`RequestGuard` refuses form parameters that are not a JSON object (before MONAI Label
+  trips over them), refuses oversized uploads, and bounds inference concurrency: requests beyond
+  ``MAMMOLABEL_MAX_CONCURRENT_INFER`` wait in a queue of at most ``MAMMOLABEL_MAX_QUEUED_INFER``;
+  past that the answer is 429 (busy, retry) rather than unbounded memory.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException, MONAILabelError
 from monailabel.interfaces.exception import MONAILabelException
 
@@ -37,13 +48,122 @@ async def _json_error(request: Request, exc: json.JSONDecodeError) -> JSONRespon
     return JSONResponse(status_code=400, content={"detail": f"parameters are not valid JSON: {exc}", "error": "JSONDecodeError"})
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map MammoLabel and MONAI Label errors to JSON 4xx answers on the running server.
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
 
-    The app is created by MONAI Label before ours is loaded, so the middleware stack that
-    captured the handlers is rebuilt on the next request.
+
+class RequestGuard:
+    """ASGI middleware: parameter checks, upload size limit and bounded inference concurrency."""
+
+    FORM_FIELDS = ("params", "info")
+
+    def __init__(self, app: ASGIApp, known: dict[str, set[str]] | None = None, max_concurrent: int = 2,
+                 max_queued: int = 100, max_upload_mb: int = 1024):
+        self.app, self.max_queued, self.max_upload = app, max_queued, max_upload_mb * 1024 * 1024
+        self.known = known or {}
+        self.slots = asyncio.Semaphore(max_concurrent)
+        self.waiting = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+            return await self.app(scope, receive, send)
+        unknown = self._unknown_name(scope["path"])
+        if unknown:
+            return await self._answer(scope, send, 404, unknown)
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_upload:
+                return await self._answer(scope, send, 413, f"upload larger than {self.max_upload >> 20} MB")
+
+        def replay() -> Receive:
+            sent = False
+
+            async def receive_again() -> dict[str, Any]:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return await receive()
+
+            return receive_again
+
+        problem = await self._check_form(scope, replay())
+        if problem:
+            return await self._answer(scope, send, 400, problem)
+        if not scope["path"].startswith("/infer/"):
+            return await self.app(scope, replay(), send)
+        if self.waiting >= self.max_queued:
+            return await self._answer(scope, send, 429, "server busy: too many inference requests queued; retry later")
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            return await self.app(scope, replay(), send)
+        finally:
+            self.slots.release()
+
+    def _unknown_name(self, path: str) -> str | None:
+        """Train and scoring requests run in the background: refuse unknown names before they are queued."""
+        parts = path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] in self.known and parts[1] not in self.known[parts[0]]:
+            names = ", ".join(sorted(self.known[parts[0]])) or "none"
+            return f"unknown {parts[0]} task '{parts[1]}'; known: {names}"
+        return None
+
+    async def _check_form(self, scope: Scope, receive: Receive) -> str | None:
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+        if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            return None
+        request = Request(scope, receive)
+        try:
+            form = await request.form()
+        except Exception as e:  # a malformed multipart body
+            return f"malformed form data: {e}"
+        try:
+            for name in self.FORM_FIELDS:
+                text = form.get(name)
+                if isinstance(text, str) and text.strip():
+                    try:
+                        value = json.loads(text)
+                    except json.JSONDecodeError as e:
+                        return f"'{name}' is not valid JSON: {e}"
+                    if not isinstance(value, dict):
+                        return f"'{name}' must be a JSON object, got {type(value).__name__}"
+        finally:
+            await form.close()
+        return None
+
+    async def _answer(self, scope: Scope, send: Send, status: int, detail: str) -> None:
+        logger.warning(f"{scope['method']} {scope['path']}: {status} {detail}")
+        headers = {"Retry-After": "5"} if status == 429 else None
+        response = JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
+        await response(scope, None, send)
+
+
+def install_error_handlers(app: FastAPI, known: dict[str, set[str]]) -> None:
+    """Add the error handlers and the :class:`RequestGuard` to the running server.
+
+    ``known`` maps ``train`` and ``scoring`` to the task names the app serves.
+
+    The app is created by MONAI Label before ours is loaded, so the middleware stack is reset
+    (it is rebuilt, with these, on the next request).
     """
     app.add_exception_handler(MammoLabelError, _mammolabel_error)
     app.add_exception_handler(MONAILabelException, _monailabel_error)
     app.add_exception_handler(json.JSONDecodeError, _json_error)
     app.middleware_stack = None
+    app.add_middleware(
+        RequestGuard,
+        known=known,
+        max_concurrent=_env_int("MAMMOLABEL_MAX_CONCURRENT_INFER", 2),
+        max_queued=_env_int("MAMMOLABEL_MAX_QUEUED_INFER", 100),
+        max_upload_mb=_env_int("MAMMOLABEL_MAX_UPLOAD_MB", 1024),
+    )
