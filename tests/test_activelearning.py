@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import requests
@@ -107,3 +109,24 @@ def test_strategies_through_the_server(server):
     assert r.status_code == 404 and "unknown strategy" in r.json()["detail"]
     r = requests.post(f"{server.url}/scoring/uncertainty?run_sync=true", json={}, timeout=300)
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.training
+def test_simulated_annotation_loop(tmp_path):
+    """Reduced loop on phantoms (the full MIAS run is in docs/active_learning.md)."""
+    from mammolabel.engines.simulate import simulate_active_learning
+
+    write_phantom_study(tmp_path / "s", n=20, seed=5, dicom=False)
+    options = {"rows": 64, "cols": 64, "width": 4, "depth": 18, "batch_size": 4, "epochs": 1}
+    result = simulate_active_learning(tmp_path / "s", tmp_path / "al", initial=2, rounds=1, per_round=2,
+                                      train_options=options)
+    assert (tmp_path / "al" / "simulate_al.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "al" / "simulate_al.json").read_text())
+    assert saved["curves"] == result["curves"]
+    for name in ("uncertainty", "random"):
+        curve = result["curves"][name]
+        assert [c["masks"] for c in curve] == [2, 4]
+        assert all(0 <= c["dice_mean"] <= 1 for c in curve)
+        pool = collect_labels(MammoDatastore(tmp_path / "al" / "work" / name / "studies")).images
+        assert sum(1 for r in pool if r.mask_path) == 4
+        assert all(r.box_path for r in pool if not r.mask_path)  # the rest keep their weak label

@@ -1,4 +1,4 @@
-"""The ``mammolabel`` command: make-phantoms, import-mias, train, infer, evaluate, benchmark.
+"""The ``mammolabel`` command: make-phantoms, import-mias, train, infer, evaluate, simulate-al, benchmark.
 
 Errors a user can fix (bad file, unknown task, missing checkpoint) print one line and exit 2.
 """
@@ -103,6 +103,16 @@ def _benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return run_benchmarks(args.out, device=args.device, tasks=args.task, quick=args.quick)
 
 
+def _simulate_al(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.engines.simulate import simulate_active_learning
+
+    result = simulate_active_learning(
+        args.studies, args.out, train_task=args.train_task, infer_task=args.infer_task,
+        strategies=tuple(args.strategy or ("uncertainty", "random")), initial=args.initial, rounds=args.rounds,
+        per_round=args.per_round, seed=args.seed, train_options=dict(args.set or []))
+    return {"out": str(args.out), "curves": result["curves"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mammolabel", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -148,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", choices=("all", "val"), default="all", help="val: the checkpoint's validation images")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("simulate-al", help="simulated annotation loop: held-out metric vs labels per strategy")
+    s.add_argument("--studies", required=True, type=Path, help="a datastore whose masks play the annotator")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--train-task", default="train_hybrid")
+    s.add_argument("--infer-task", default="hybrid_segmentation")
+    s.add_argument("--strategy", action="append", help="strategies to compare (default: uncertainty and random)")
+    s.add_argument("--initial", type=int, default=4, help="images with a mask at the start")
+    s.add_argument("--rounds", type=int, default=4)
+    s.add_argument("--per-round", type=int, default=4, help="masks revealed per round")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--set", type=_key_value, action="append", metavar="KEY=VALUE", help="train task option")
+    s.set_defaults(func=_simulate_al)
 
     s = sub.add_parser("benchmark", help="latency, memory and FLOPs of the tasks; writes benchmark.json")
     s.add_argument("--out", required=True, type=Path)
