@@ -6,7 +6,7 @@ Chromium is driven over the DevTools protocol (aiohttp's WebSocket client, alrea
 the viewer opens ``/ohif/viewer?StudyInstanceUIDs=...``, the structured report's thumbnail is
 double-clicked so that OHIF draws its regions over the mammogram, and the page is captured once
 the SR viewport shows them. Exit status 2 with one line when something does not show up in time
-(the message then ends with the page's last console lines).
+(the message then ends with the page's last console lines, and the page is saved as OUT.failed.png).
 """
 
 from __future__ import annotations
@@ -25,17 +25,26 @@ from pathlib import Path
 
 import aiohttp
 
-# In the page: the study browser's thumbnails as {description, modality, x, y} (centre, CSS pixels).
-THUMBNAILS_JS = """
-[...document.querySelectorAll('[data-cy="study-browser-thumbnail"], [data-cy="study-browser-thumbnail-no-image"]')]
-  .map(e => { const r = e.getBoundingClientRect();
-              return {text: e.innerText, x: r.x + r.width / 2, y: r.y + r.height / 2}; })
+THUMBNAILS = '[...document.querySelectorAll(\'[data-cy^="study-browser-thumbnail"]\')]'
+# In the page: the study browser's thumbnails as {text, x, y} (centre, CSS pixels).
+THUMBNAILS_JS = f"""
+{THUMBNAILS}.map(e => {{ const r = e.getBoundingClientRect();
+                        return {{text: e.innerText, x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})
+"""
+# In the page: scroll thumbnail number %d into view and return its centre again.
+SCROLL_TO_JS = f"""
+(() => {{ const e = {THUMBNAILS}[%d]; e.scrollIntoView({{block: "center"}});
+          const r = e.getBoundingClientRect(); return {{x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})()
 """
 # In the page: the texts OHIF drew over the image (SR measurement labels), once it drew some shapes.
 SR_DRAWN_JS = """
 (() => { const layer = document.querySelector('[data-cy="viewport-pane"] svg.svg-layer');
          if (!layer || !layer.querySelector('line, path, polyline, circle')) return null;
          return [...layer.querySelectorAll('text')].map(t => t.textContent); })()
+"""
+# In the page: whether the viewport shows an image (its window/level overlay is drawn with it).
+IMAGE_SHOWN_JS = """
+(() => { const pane = document.querySelector('[data-cy="viewport-pane"]'); return !!pane && /W:/.test(pane.innerText); })()
 """
 # In the page: close OHIF's "investigational use" banner so that it does not cover the image.
 DISMISS_BANNER_JS = """
@@ -110,17 +119,26 @@ async def capture(port: int, url: str, report: str, out: Path, size: tuple[int, 
             await cdp.send("Page.navigate", url=url)
             thumbs = await wait_for(cdp, f"(() => {{ const t = {THUMBNAILS_JS}; return t.length > 1 ? t : null; }})()",
                                     timeout_s, "the study's series thumbnails")
-            reports = [t for t in thumbs if t["text"].startswith("SR") and report in t["text"]]
+            reports = [i for i, t in enumerate(thumbs) if t["text"].startswith("SR") and report in t["text"]]
             if not reports:
                 raise LookupError(f"no SR series mentioning '{report}' in OHIF's study browser: "
                                   f"{[' '.join(t['text'].split()) for t in thumbs]}")
             await cdp.evaluate(DISMISS_BANNER_JS)
-            await asyncio.sleep(min(settle_s, 2.0))  # the first image finishes loading before the viewport switches
-            await cdp.double_click(reports[-1]["x"], reports[-1]["y"])
-            labels = await wait_for(cdp, SR_DRAWN_JS, timeout_s, "the SR regions over the image")
+            await wait_for(cdp, IMAGE_SHOWN_JS, timeout_s, "the first image")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            for attempt in range(1, 4):  # a double-click while OHIF is still busy may be lost: try again
+                where = await cdp.evaluate(SCROLL_TO_JS % reports[-1])
+                await cdp.double_click(where["x"], where["y"])
+                try:
+                    labels = await wait_for(cdp, SR_DRAWN_JS, timeout_s / 3, "the SR regions over the image")
+                    break
+                except TimeoutError:
+                    if attempt == 3:  # keep what the page shows, for the person who reads the failure
+                        shot = await cdp.send("Page.captureScreenshot", format="png")
+                        out.with_suffix(".failed.png").write_bytes(base64.b64decode(shot["data"]))
+                        raise
             await asyncio.sleep(settle_s)  # rendering settles (software WebGL)
             shot = await cdp.send("Page.captureScreenshot", format="png")
-            out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(base64.b64decode(shot["data"]))
             return labels
 

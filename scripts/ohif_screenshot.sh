@@ -7,7 +7,8 @@
 # Environment:
 #   TASK       infer task to run (default hybrid_segmentation; it must return boxes for a box to show)
 #   MODEL_DIR  folder with the task's trained checkpoint (default apps/mammography/model)
-#   PHANTOM    phantom to open (default phantom_002, a film with a mass)
+#   PHANTOM    phantom film to run the task on and open (default phantom_006, a benign mass)
+#   N          number of phantom films written and stored in Orthanc (default 8, seed 0)
 #   KEEP=1     keep the temporary Orthanc storage, cache and logs (their folder is printed)
 # Needs Debian's orthanc, orthanc-dicomweb (installed when missing, as root) and chromium.
 set -euo pipefail
@@ -17,7 +18,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$(realpath -m "${1:-$ROOT/docs/ohif.png}")"
 TASK="${TASK:-hybrid_segmentation}"
 MODEL_DIR="$(realpath -m "${MODEL_DIR:-$ROOT/apps/mammography/model}")"
-PHANTOM="${PHANTOM:-phantom_002}"
+PHANTOM="${PHANTOM:-phantom_006}"
 command -v chromium >/dev/null || { echo "ohif_screenshot: chromium is missing (apt-get install chromium)" >&2; exit 2; }
 
 WORK="$(mktemp -d /tmp/mammolabel-ohif.XXXXXX)"
@@ -31,7 +32,7 @@ trap cleanup EXIT
 
 bash "$ROOT/scripts/orthanc.sh" start "$WORK/orthanc" > /dev/null
 set -a; . "$WORK/orthanc/orthanc.env"; set +a
-mammolabel make-phantoms "$WORK/studies" --n 4 > /dev/null
+mammolabel make-phantoms "$WORK/studies" --n "${N:-8}" > /dev/null
 bash "$ROOT/scripts/orthanc.sh" upload "$WORK/orthanc" "$WORK"/studies/dicom/*.dcm
 read -r STUDY IMAGE < <(python -c 'import sys, pydicom; d = pydicom.dcmread(sys.argv[1]); print(d.StudyInstanceUID, d.SOPInstanceUID)' \
   "$WORK/studies/dicom/$PHANTOM.dcm")

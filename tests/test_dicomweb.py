@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from conftest import ON_CI
+from mammolabel.data.datastore import collect_labels
 from mammolabel.data.dicomweb import DICOMwebError, DICOMwebMammoDatastore, connect
 from mammolabel.data.phantoms import make_phantom, write_phantom_study
 from mammolabel.errors import InputError, NotFoundError
-from mammolabel.io import read_dicom, read_label, write_dicom_mg, write_labelmap
+from mammolabel.io import read_dicom, read_label, write_dicom_mg, write_grey_png, write_labelmap
 from mammolabel.io import dicom_outputs as out
 from mammolabel.server_process import APP_DIR, ServerProcess
 from helpers import labelmap_from
@@ -182,7 +184,33 @@ def app_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mammolabel(orthanc, pacs, app_dir, tmp_path_factory):
+def refused_start(orthanc, app_dir, tmp_path_factory):
+    """A server start with a wrong password, begun beside the good server's start-up (it takes as long).
+
+    Yields (thread, outcome, log path); ``outcome["error"]`` is what ``ServerProcess.start`` raised.
+    """
+    base = tmp_path_factory.mktemp("refused")
+    env = orthanc.server_env(base / "cache", password="not-the-password")
+    server = ServerProcess(orthanc.dicomweb, conf={"models": "breast_region"}, app_dir=app_dir, env=env,
+                           log_path=base / "server.log")
+    outcome: dict[str, Exception | None] = {}
+
+    def start() -> None:
+        try:
+            server.start()
+            outcome["error"] = None
+        except Exception as e:  # the expected outcome: the server exits
+            outcome["error"] = e
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    yield thread, outcome, base / "server.log"
+    thread.join(timeout=240)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def mammolabel(orthanc, pacs, app_dir, refused_start, tmp_path_factory):
     base = tmp_path_factory.mktemp("mammolabel")
     env = orthanc.server_env(base / "cache")
     conf = {"models": "breast_region,probe", "model_dir": str(base / "model")}
@@ -319,6 +347,12 @@ def test_a_final_label_goes_back_as_seg_and_loses_nothing(orthanc, pacs, tmp_pat
     store.save_label(pacs.sop["phantom_000"], str(seg_file), "final", {})
     np.testing.assert_array_equal(read_label(store.get_label_uri(pacs.sop["phantom_000"], "final")), mask)
 
+    inventory = collect_labels(store)  # what every train task reads: the DICOMweb images and their labels
+    assert len(inventory.images) == 6 and inventory.counts["mask"] == 1
+    record, = inventory.select("mask")[0]
+    assert record.image_id == pacs.sop["phantom_000"] and Path(record.image_path).suffix == ".dcm"
+    assert record.patient_id == source.PatientID and record.laterality == "R"
+
     bad = tmp_path / "bad.bin"
     np.zeros(rows * cols - 1, np.uint8).tofile(bad)
     with pytest.raises(InputError, match=f"must hold {cols}x{rows} bytes"):
@@ -342,6 +376,8 @@ def test_server_lists_the_mammograms_and_serves_the_cached_instance(mammolabel, 
     assert r.status_code == 200
     ds = pydicom.dcmread(io.BytesIO(r.content))
     assert ds.SOPInstanceUID == pacs.sop["phantom_003"] and ds.Modality == "MG"
+    sample = requests.post(f"{mammolabel.url}/activelearning/first", json={}, timeout=30).json()
+    assert sample["id"] == min(objects) and sample["path"].endswith(f"{sample['id']}.dcm")
 
 
 def test_every_result_is_stored_back_as_seg_heatmap_and_report(mammolabel, orthanc, pacs, tmp_path):
@@ -404,7 +440,7 @@ def test_ohif_draws_the_report_over_the_mammogram(mammolabel, pacs, tmp_path):
     assert r.json()["dicom"]["stored"], r.text
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "ohif_screenshot.py"), "--server", mammolabel.url,
                           "--study", pacs.source("phantom_001").StudyInstanceUID, "--report", "probe",
-                          "--out", str(tmp_path / "ohif.png"), "--timeout", "90", "--settle", "0.5"],
+                          "--out", str(tmp_path / "ohif.png"), "--timeout", "90", "--settle", "0.5", "--size", "1000x700"],
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr
     assert "'Probability of cancer: 75.00 %'" in run.stdout and "'Probability of cancer: 25.00 %'" in run.stdout
@@ -463,14 +499,29 @@ def test_server_saves_an_annotators_label_as_seg(mammolabel, orthanc, pacs, tmp_
     np.testing.assert_array_equal(out.labelmap_from_segmentation(seg, source.SOPInstanceUID), mask)
 
 
-def test_a_wrong_password_stops_the_server_with_one_clear_line(orthanc, app_dir, tmp_path):
-    env = orthanc.server_env(tmp_path / "cache", password="not-the-password")
-    server = ServerProcess(orthanc.dicomweb, conf={"models": "breast_region"}, app_dir=app_dir, env=env,
-                           log_path=tmp_path / "server.log")
-    with pytest.raises(RuntimeError, match="server exited with 2"):
-        server.start()
-    log = (tmp_path / "server.log").read_text()
+def test_a_wrong_password_stops_the_server_with_one_clear_line(orthanc, refused_start):
+    thread, outcome, log_path = refused_start
+    thread.join(timeout=240)
+    assert isinstance(outcome.get("error"), RuntimeError), outcome
+    assert "server exited with 2" in str(outcome["error"])
+    log = log_path.read_text()
     expected = (f"MammoLabel cannot start: DICOMweb server {orthanc.dicomweb} refused user '{orthanc.user}' "
                 "(HTTP 401 Unauthorized): check MONAI_LABEL_DICOMWEB_USERNAME and MONAI_LABEL_DICOMWEB_PASSWORD")
     assert expected in log.splitlines()
     assert "Traceback" not in log and "not-the-password" not in log
+
+
+def test_an_image_added_through_the_server_goes_to_the_pacs(mammolabel, orthanc, tmp_path):
+    """Last in the module: it adds a seventh mammogram to the PACS."""
+    path = write_dicom_mg(tmp_path / "new.dcm", make_phantom(5, seed=3).pixels, patient_id="P903",
+                          study_uid=generate_uid(), laterality="L")
+    sop = str(pydicom.dcmread(path).SOPInstanceUID)
+    with open(path, "rb") as f:
+        r = requests.put(f"{mammolabel.url}/datastore/image", files={"file": ("new.dcm", f)}, timeout=60)
+    assert r.status_code == 200 and r.json()["image"] == sop, r.text
+    assert orthanc.client().search_for_instances(search_filters={"SOPInstanceUID": sop})
+    assert requests.get(f"{mammolabel.url}/info/", timeout=30).json()["datastore"]["total"] == 7
+    png = write_grey_png(tmp_path / "film.png", make_phantom(5, seed=3).pixels, bits=12)
+    with open(png, "rb") as f:
+        r = requests.put(f"{mammolabel.url}/datastore/image", files={"file": ("film.png", f)}, timeout=60)
+    assert r.status_code == 400 and "takes DICOM MG images only" in r.json()["detail"], r.text

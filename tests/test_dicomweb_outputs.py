@@ -167,7 +167,8 @@ def test_which_result_numbers_are_probabilities(key, value, expected):
 def test_report_holds_probabilities_boxes_and_points_on_the_source(source):
     values = {"probability": 0.625, "holistic_probability": 0.5, "area_px": 1234, "model": "x"}
     points = [{"x": 33.0, "y": 61.25, "score": 0.25, "name": "peak"}, {"x": 0.0, "y": 0.0}]
-    boxes = [{"box": [30, 40, 69, 89], "max_probability": 0.75, "mean_probability": 0.5}]
+    boxes = [{"box": [30, 40, 69, 89], "max_probability": 0.75, "mean_probability": 0.5},  # as Xiong's
+             {"box": [100, 120, 110, 125], "label": "malignant", "max_saliency": 0.9, "area_px": 66}]  # as GLAM's
     sr = reread(out.measurement_report(source, "probe", values, points, boxes))
 
     assert sr.SOPClassUID == COMPREHENSIVE_SR and sr.Modality == "SR"
@@ -186,19 +187,21 @@ def test_report_holds_probabilities_boxes_and_points_on_the_source(source):
     assert image_groups[0].source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
 
     regions = report.content.get_planar_roi_measurement_groups()
-    assert len(regions) == 3
+    assert len(regions) == 4
     groups = sr.ContentSequence[-1].ContentSequence  # Imaging Measurements: regions first (OHIF opens the first)
     assert [g.ContentSequence[0].TextValue for g in groups] == [
-        "probe box 1", "probe point 1 peak", "probe point 2", "probe image"]
+        "probe box 1", "probe box 2 malignant", "probe point 1 peak", "probe point 2", "probe image"]
     tracking_uids = {str(g.tracking_uid) for g in [*regions, *image_groups]}
-    assert len(tracking_uids) == 4  # OHIF merges groups that share one
-    box, peak, corner = regions
+    assert len(tracking_uids) == 5  # OHIF merges groups that share one
+    box, classed, peak, corner = regions
+    assert classed.get_measurements() == []  # a saliency is not a probability
     assert box.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
     np.testing.assert_allclose(box.roi.value, [[30, 40], [70, 40], [70, 90], [30, 90], [30, 40]])
     assert box.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    by_derivation = {m.derivation.meaning: m.value for m in box.get_measurements()}
-    assert by_derivation == {"Maximum": 75.0, "Mean": 50.0}
-    assert {m.unit.value for m in box.get_measurements()} == {"%"}
+    measured, = box.get_measurements()  # one probability per region (its maximum), as a viewer shows one
+    assert (measured.value, measured.unit.value, measured.derivation.meaning) == (75.0, "%", "Maximum")
+    algorithm = [i for i in measured[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Name"]
+    assert algorithm[0].TextValue == "MammoLabel probe max_probability"
     assert peak.roi.graphic_type == hd.sr.GraphicTypeValues.POINT
     np.testing.assert_allclose(peak.roi.value, [[33.5, 61.75]])  # pixel centre, DICOM pixel-corner origin
     assert [m.value for m in peak.get_measurements()] == [25.0]

@@ -16,6 +16,8 @@ local cache under MONAI Label's cache path, credentials from ``MONAI_LABEL_DICOM
 - labels are stored in the cache with the validation of :class:`~mammolabel.data.datastore.MammoDatastore`
   (findings, boxes, masks); a ``final`` mask also goes to the server as a DICOM SEG built with
   highdicom, whose segment numbers are the mask values, so nothing is lost either way.
+- an image added through MONAI Label (``PUT /datastore/image``) must be DICOM MG and is stored on
+  the server over STOW-RS.
 - :meth:`store_results` is the infer tasks' DICOM sink: SEG, heatmap Secondary Capture and TID1500
   SR (:mod:`mammolabel.io.dicom_outputs`) of each result, stored over STOW-RS next to the image.
 """
@@ -42,7 +44,7 @@ from pydicom.dataset import Dataset
 from mammolabel.data.datastore import MammoDatastore, check_name
 from mammolabel.data.labels import TAG_MASK
 from mammolabel.errors import InputError, MammoLabelError, NotFoundError
-from mammolabel.io import read_dicom, read_label, write_labelmap
+from mammolabel.io import read_dicom, read_label, read_mammogram, write_labelmap
 from mammolabel.io import dicom_outputs
 
 if TYPE_CHECKING:
@@ -230,10 +232,24 @@ class DICOMwebMammoDatastore(MammoDatastore):
             path = Path(tmp) / f"{uid}.dcm"
             ds.save_as(str(path), write_like_original=False)
             meta = read_dicom(path).meta  # refuses what the Foundation's reader cannot read, with the reason
-            image_info = {k: v for k, v in info.items()}
+            image_info = dict(info)
             image_info.update(laterality=meta["laterality"], view=meta["view"], spacing=meta["spacing"])
             super().add_image(uid, str(path), image_info)
         return super().get_image_uri(uid)
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """``PUT /datastore/image``: a DICOM MG image goes to the server (STOW-RS); its id is its SOPInstanceUID.
+
+        Other images are refused: the server is where this datastore's images live.
+        """
+        meta = read_mammogram(image_filename).meta  # refuses unreadable or multi-frame files with the reason
+        if meta["format"] != "dicom" or meta.get("modality") != "MG":
+            kind = f"Modality {meta.get('modality')}" if meta["format"] == "dicom" else f"a {meta['format']} file"
+            raise InputError(f"the DICOMweb datastore takes DICOM MG images only (stored on {self.url}), not {kind}")
+        self.store([pydicom.dcmread(image_filename)])
+        with self._lock:
+            self._listing = None  # list it now
+        return meta["sop_instance_uid"]
 
     def get_image_uri(self, image_id: str) -> str:
         return self._fetch(self.resolve(image_id))

@@ -12,7 +12,7 @@ source instance, so that a PACS files it next to the mammogram and a viewer (OHI
   the source's size, pixel spacing and patient orientation.
 - :func:`measurement_report`: a Comprehensive SR with the TID1500 Measurement Report: each
   probability in the result as a "Probability of cancer" measurement (%) of the image, each box as a
-  closed POLYLINE and each point as a POINT region on the source image, with its probabilities.
+  closed POLYLINE and each point as a POINT region on the source image, with its probability.
 
 Coordinates are stored-image pixels (x = column, y = row), as every MammoLabel result is. A DICOM
 spatial coordinate puts (0, 0) at the top-left corner of the first pixel, so a point (x, y) is
@@ -41,6 +41,8 @@ MANUFACTURER = "MammoLabel"
 SERIES_NUMBERS = {"seg": 901, "heatmap": 902, "report": 903}
 #: How strongly the heatmap colours the image where the heatmap is 1 (0 leaves the image grey).
 HEATMAP_OPACITY = 0.6
+#: Which probability of a box or point the report keeps (OHIF would show several without telling them apart).
+REGION_PREFERENCE = ("max_probability", "max_score", "score", "probability")
 
 _ANATOMY = hd.sr.CodedConcept("123037004", "SCT", "Anatomical Structure")
 _MASS = hd.sr.CodedConcept("4147007", "SCT", "Mass")
@@ -245,24 +247,33 @@ def heatmap_capture(source: Dataset, display: np.ndarray, heatmap: np.ndarray, t
     return sc
 
 
-def _probability_measurements(item: Mapping[str, Any], task: str) -> list[hd.sr.Measurement]:
-    measurements = []
-    for key, value in item.items():
-        if not is_probability(key, value):
-            continue
-        derivation = codes.SCT.Mean if "mean" in key else codes.SCT.Maximum if "max" in key else None
-        measurements.append(
-            hd.sr.Measurement(
-                name=codes.DCM.ProbabilityOfCancer,
-                value=round(100.0 * float(value), 4),
-                unit=_PERCENT,
-                derivation=derivation,
-                algorithm_id=hd.sr.AlgorithmIdentification(
-                    name=f"MammoLabel {task} {key}"[:64], version=mammolabel.__version__
-                ),
-            )
-        )
-    return measurements
+def _probability(key: str, value: float, task: str) -> hd.sr.Measurement:
+    derivation = codes.SCT.Mean if "mean" in key else codes.SCT.Maximum if "max" in key else None
+    return hd.sr.Measurement(
+        name=codes.DCM.ProbabilityOfCancer,
+        value=round(100.0 * float(value), 4),
+        unit=_PERCENT,
+        derivation=derivation,
+        algorithm_id=hd.sr.AlgorithmIdentification(
+            name=f"MammoLabel {task} {key}"[:64], version=mammolabel.__version__
+        ),
+    )
+
+
+def _image_measurements(values: Mapping[str, Any], task: str) -> list[hd.sr.Measurement]:
+    """Every probability of the result, each named by its algorithm ("MammoLabel <task> <key>")."""
+    return [_probability(k, v, task) for k, v in values.items() if is_probability(k, v)]
+
+
+def _region_measurements(item: Mapping[str, Any], task: str) -> list[hd.sr.Measurement]:
+    """The one probability a viewer shows next to a box or point: its maximum when it has several."""
+    found = {k: v for k, v in item.items() if is_probability(k, v)}
+    ranked = [k for k in REGION_PREFERENCE if k in found] + sorted(found)
+    return [_probability(ranked[0], found[ranked[0]], task)] if ranked else []
+
+
+def _name(item: Mapping[str, Any]) -> str:
+    return str(item.get("name") or item.get("label") or "")
 
 
 def box_outline(box: Sequence[float]) -> np.ndarray:
@@ -297,14 +308,14 @@ def measurement_report(
             raise InputError(f"box {list(box['box'])} lies outside the {cols}x{rows} image")
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking(f"{task} box {i} {box.get('name', '')}".strip()),
+                tracking_identifier=tracking(f"{task} box {i} {_name(box)}".strip()),
                 referenced_region=hd.sr.ImageRegion(
                     graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
                     graphic_data=outline,
                     source_image=hd.sr.SourceImageForRegion.from_source_image(source),
                 ),
                 finding_type=codes.SCT.Lesion,
-                measurements=_probability_measurements(box, task) or None,
+                measurements=_region_measurements(box, task) or None,
             )
         )
     for i, point in enumerate(points, 1):
@@ -313,17 +324,17 @@ def measurement_report(
             raise InputError(f"point ({point['x']}, {point['y']}) lies outside the {cols}x{rows} image")
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking(f"{task} point {i} {point.get('name', '')}".strip()),
+                tracking_identifier=tracking(f"{task} point {i} {_name(point)}".strip()),
                 referenced_region=hd.sr.ImageRegion(
                     graphic_type=hd.sr.GraphicTypeValues.POINT,
                     graphic_data=np.array([[x, y]]),
                     source_image=hd.sr.SourceImageForRegion.from_source_image(source),
                 ),
                 finding_type=codes.SCT.Lesion,
-                measurements=_probability_measurements(point, task) or None,
+                measurements=_region_measurements(point, task) or None,
             )
         )
-    image_level = _probability_measurements(values, task)
+    image_level = _image_measurements(values, task)
     if image_level:  # last: OHIF opens an SR on its first group, which must have a region to show
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
