@@ -216,7 +216,8 @@ def pretrain_reconstruction(inventory: LabelInventory, options: dict[str, Any], 
 
     meta = {"stage": PRETRAIN_STAGE, "network": config.to_dict(), "size": list(stage.size),
             "crop_breast": stage.crop_breast, "corruption": corruption_args, "labels": report,
-            "train_images": [r.image_id for r in train], "val_images": [r.image_id for r in val]}
+            "train_images": [r.image_id for r in train], "val_images": [r.image_id for r in val],
+            "validated_on_training_images": val is train}
     optimizer = torch.optim.Adam(network.parameters(), lr=stage.lr)
     result = fit(network, optimizer, batches, math.ceil(len(train_set) / stage.batch_size), step, validate, "psnr",
                  out, stage.fit, meta, desc=PRETRAIN_STAGE)
@@ -340,7 +341,8 @@ def train_discriminative(inventory: LabelInventory, options: dict[str, Any], out
     meta = {"stage": DISCRIMINATIVE_STAGE, "network": config.to_dict(), "subtraction": model.subtraction,
             "size": list(stage.size), "crop_breast": stage.crop_breast, "labels": report,
             "initialised_from": str(pretrained) if pretrained else None,
-            "train_images": [r.image_id for r in train], "val_images": [r.image_id for r in val]}
+            "train_images": [r.image_id for r in train], "val_images": [r.image_id for r in val],
+            "validated_on_training_images": val is train}
     optimizer = torch.optim.Adam(model.parameters(), lr=stage.lr)
     result = fit(model, optimizer, batches, math.ceil(len(train_set) / stage.batch_size), step, validate, "dice",
                  out, stage.fit, meta, desc=DISCRIMINATIVE_STAGE)
