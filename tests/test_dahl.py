@@ -43,7 +43,7 @@ from mammolabel.networks.dahl import (
     risk_score,
     roi_boxes,
 )
-from mammolabel.tasks.dahl import ClassificationInfer, ClassifierTrain
+from mammolabel.tasks.dahl import ClassificationInfer, ClassifierTrain, probability
 
 #: A tiny configuration for CPU tests.
 TINY = {"depth": 10, "width": 4, "input_rows": 96, "input_cols": 80, "roi_size": 48, "batch_size": 4, "lr": 1e-3}
@@ -455,6 +455,11 @@ def test_infer_returns_risks_saliency_levels_roi_and_exam(exam_store, tmp_path):
         assert exam["breast_risk"][model] == pytest.approx({"L": left, "R": right})
         assert exam[f"{model}_risk"] == pytest.approx(max(left, right))
     assert task({"image": str(exam_store / "y_lmlo.png")})[1]["exam"] is None  # a single image is no examination
+
+
+def test_probability_is_the_sigmoid_of_the_risk_even_for_extreme_risks():
+    assert probability(0.0) == 0.5 and probability(2.0) == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert probability(-1000.0) == 0.0 and probability(1000.0) == 1.0 and probability(None) is None
 
 
 def test_holistic_only_checkpoint_serves_the_holistic_score(tmp_path, exam_store):

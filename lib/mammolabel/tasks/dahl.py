@@ -44,7 +44,7 @@ from mammolabel.tasks.train import MammoTrainTask, coerce
 
 def probability(risk: float | None) -> float | None:
     """Positive-class probability of a risk score (softmax of two logits = sigmoid of their difference)."""
-    return None if risk is None else 1.0 / (1.0 + math.exp(-risk))
+    return None if risk is None else math.exp(-np.logaddexp(0.0, -risk))
 
 
 class ClassificationInfer(MammoInferTask):
