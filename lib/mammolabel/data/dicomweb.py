@@ -11,8 +11,8 @@ local cache under MONAI Label's cache path, credentials from ``MONAI_LABEL_DICOM
   multi-frame objects (tomosynthesis) are left out and refused with a message, and so is any id
   whose object is not MG. A series UID (what OHIF sends) stands for its single mammogram.
 - an image is fetched over WADO-RS once, checked by the Foundation's DICOM MG reader, and cached
-  as ``<cache>/<SOPInstanceUID>.dcm``: tasks read that file (LUTs, MONOCHROME1, laterality, view,
-  spacing) and ``/datastore/image`` serves it.
+  as ``<cache path>/<hash of the URL>/<SOPInstanceUID>.dcm``: tasks read that file (LUTs,
+  MONOCHROME1, laterality, view, spacing) and ``/datastore/image`` serves it.
 - labels are stored in the cache with the validation of :class:`~mammolabel.data.datastore.MammoDatastore`
   (findings, boxes, masks); a ``final`` mask also goes to the server as a DICOM SEG built with
   highdicom, whose segment numbers are the mask values, so nothing is lost either way.
