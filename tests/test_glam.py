@@ -257,7 +257,7 @@ def test_a_few_steps_reduce_the_loss(stage, aggregation):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
     if stage == "local":  # the frozen global module neither learns nor updates its batch norms
         assert all(torch.equal(v, net.global_module.state_dict()[k]) for k, v in frozen.items())
