@@ -30,6 +30,7 @@ from mammolabel.engines.dahl import (
     summarise_rows,
     train_classifier,
 )
+from mammolabel.engines.benchmark import flops
 from mammolabel.engines.evaluate import evaluate
 from mammolabel.errors import InputError, ModelNotTrainedError
 from mammolabel.io import Mammogram, canonicalise, points_from_canonical, read_label, read_mammogram, write_grey_png
@@ -491,6 +492,13 @@ def test_summary_rows_compare_models_per_image_and_per_exam():
     assert s["auc_by_model"]["benign_vs_malignant"] == {"holistic": 0.0, "attention": 1.0, "ensemble": 1.0}
     assert s["exam_auc_by_model"]["malignant_vs_rest"] == {"holistic": 0.0, "attention": 1.0, "ensemble": 1.0}
     assert s["n_exams"] == 2 and s["ensemble_ge_holistic"] is True and s["roi_hit_rate"] == 0.5
+
+
+def test_flops_count_the_saliency_backward_pass():
+    model = tiny_classifier()
+    total = flops(model, (1, 1, 300, 200))
+    forward = flops(model.holistic, (1, 1, 96, 80)) + flops(model.attention, (1, 1, 48, 48))
+    assert total > 1.5 * forward  # the gradient of the Holistic model costs about two of its forward passes
 
 
 def test_benchmark_hooks_build_the_papers_configuration(tmp_path):

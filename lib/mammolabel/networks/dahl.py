@@ -136,7 +136,7 @@ def gradient_saliency(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
     keep_graph = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
     with torch.inference_mode(False), torch.enable_grad():
         pixels = x.detach().clone().requires_grad_(True)
-        logits = model(pixels)
+        logits = model(pixels.view_as(pixels))  # a view, so that hooks that follow module inputs (FLOP counters) work
         (grad,) = torch.autograd.grad(risk_score(logits).sum(), pixels, retain_graph=keep_graph)
     return (logits if keep_graph else logits.detach()), grad.detach().abs()
 
