@@ -40,6 +40,17 @@ def _import_mias(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != "problems"} | {"problems": len(summary["problems"])}
 
 
+def _open_studies(studies: str):
+    """A local datastore folder, or a DICOMweb URL (credentials from MONAI Label's settings)."""
+    if str(studies).startswith(("http://", "https://")):
+        from mammolabel.data.dicomweb import from_settings
+
+        return from_settings(str(studies))
+    from mammolabel.data.datastore import MammoDatastore
+
+    return MammoDatastore(studies, read_only=True)
+
+
 def _infer_task(name: str, checkpoint: str | None):
     from mammolabel.tasks import infer_tasks, lookup
 
@@ -68,7 +79,6 @@ def _infer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from mammolabel.data.datastore import MammoDatastore
     from mammolabel.tasks import lookup, train_tasks
 
     cls = lookup(train_tasks(), args.task, "train task")
@@ -78,11 +88,11 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     request.update(checkpoint=str(out), device=args.device)
     if args.epochs is not None:
         request["epochs"] = args.epochs
-    return task(request, MammoDatastore(args.studies, read_only=True))
+    return task(request, _open_studies(args.studies))
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from mammolabel.data.datastore import MammoDatastore, collect_labels
+    from mammolabel.data.datastore import collect_labels
     from mammolabel.engines.checkpoint import load_checkpoint
     from mammolabel.engines.evaluate import evaluate
 
@@ -92,7 +102,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if not args.checkpoint:
             raise MammoLabelError("--split val needs --checkpoint (the validation images are recorded in it)")
         ids = set(load_checkpoint(args.checkpoint).get("val_images", []))
-    inventory = collect_labels(MammoDatastore(args.studies, read_only=True))
+    inventory = collect_labels(_open_studies(args.studies))
     metrics = evaluate(task, inventory, args.out, device=args.device, image_ids=ids)
     return {k: v for k, v in metrics.items() if k != "rows"}
 
@@ -135,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="run a train task on a datastore")
     s.add_argument("task")
-    s.add_argument("--studies", required=True, type=Path)
+    s.add_argument("--studies", required=True, help="datastore folder or DICOMweb URL")
     s.add_argument("--out", required=True, type=Path, help="checkpoint to write")
     s.add_argument("--epochs", type=int)
     s.add_argument("--device", default="auto")
@@ -152,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="metrics.json, overlays and ROC plot of a task on a datastore")
     s.add_argument("task")
-    s.add_argument("--studies", required=True, type=Path)
+    s.add_argument("--studies", required=True, help="datastore folder or DICOMweb URL")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--checkpoint")
     s.add_argument("--split", choices=("all", "val"), default="all", help="val: the checkpoint's validation images")
