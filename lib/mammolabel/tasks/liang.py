@@ -32,7 +32,7 @@ LABELS = {"lesion_point": 1, "heat_low": 2, "heat_mid": 3, "heat_high": 4}
 #: Hit tolerance: the paper's 12 px at 832 px from 3328 x 4096 images of about 70 um pixels
 #: (Hologic), i.e. 12 x 4.46 x 0.07 mm.
 TOLERANCE_MM = 3.7
-#: Pixel spacing assumed when neither the image nor the datastore gives one: MIAS mini films (200 um).
+#: Pixel spacing assumed when the image file gives none (PNG): that of the MIAS mini films (200 um).
 FALLBACK_SPACING_MM = 0.2
 
 
@@ -81,7 +81,9 @@ class LocalizationInfer(MammoInferTask):
         """Hit of the best point of each map (fused first) against the lesion circles/boxes, with tolerance.
 
         ``hit`` is the fused map's; ``hit_cam`` the CAM's alone; ``hit_any`` whether any returned
-        point hits. Images without a located lesion have no hit (they still give AUC scores).
+        point hits; ``neg_distance_px`` is minus the distance from the fused point to the nearest lesion
+        centre (it orders the evaluation pictures). Images without a located lesion have no hit
+        (they still give AUC scores).
         """
         row: dict[str, Any] = {"score": result["probability"], "abnormal_score": result["probability"]}
         if not record.points:
