@@ -161,6 +161,7 @@ def collect_labels(datastore: Datastore) -> LabelInventory:
             image_path=datastore.get_image_uri(image_id),
             patient_id=str(info.get("patient_id") or image_id),
             laterality=info.get("laterality"),
+            spacing_mm=float(info["spacing_mm"]) if info.get("spacing_mm") else None,
         )
         finding_info = datastore.get_label_info(image_id, TAG_FINDING) if TAG_FINDING in tags else {}
         finding = finding_info.get("finding") or info.get("finding")

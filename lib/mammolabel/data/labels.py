@@ -59,6 +59,7 @@ class ImageLabels:
     image_path: str
     patient_id: str
     laterality: str | None = None
+    spacing_mm: float | None = None  # pixel spacing from the image info, for images whose file has none
     finding: str | None = None
     lesion_types: list[str] = field(default_factory=list)
     boxes: list[Box] = field(default_factory=list)

@@ -32,7 +32,7 @@ LABELS = {"lesion_point": 1, "heat_low": 2, "heat_mid": 3, "heat_high": 4}
 #: Hit tolerance: the paper's 12 px at 832 px from 3328 x 4096 images of about 70 um pixels
 #: (Hologic), i.e. 12 x 4.46 x 0.07 mm.
 TOLERANCE_MM = 3.7
-#: Pixel spacing assumed when the image file gives none (PNG): that of the MIAS mini films (200 um).
+#: Pixel spacing assumed when neither the file nor the image info gives one: the MIAS mini films' (200 um).
 FALLBACK_SPACING_MM = 0.2
 
 
@@ -89,7 +89,7 @@ class LocalizationInfer(MammoInferTask):
         if not record.points:
             return row
         spacing = result.get("spacing")
-        spacing_mm = float(np.mean(spacing)) if spacing else FALLBACK_SPACING_MM
+        spacing_mm = float(np.mean(spacing)) if spacing else (record.spacing_mm or FALLBACK_SPACING_MM)
         tolerance = TOLERANCE_MM / spacing_mm
         radii = record.radii if len(record.radii) == len(record.points) else [0.0] * len(record.points)
         circles = [(x, y, r) for (x, y), r in zip(record.points, radii)]
