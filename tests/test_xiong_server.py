@@ -43,7 +43,8 @@ def read_nrrd(content: bytes) -> tuple[np.ndarray, dict]:
 
 def breast_box(server) -> list[int]:
     """Inclusive [x0, y0, x1, y1] of the network's input crop on the stored (original orientation) image."""
-    image = canonicalise(read_mammogram(server.studies_dir / f"{IMAGE}.png"))
+    laterality = json.loads((server.studies_dir / "phantoms.json").read_text())["images"][IMAGE]["laterality"]
+    image = canonicalise(read_mammogram(server.studies_dir / f"{IMAGE}.png"), laterality)
     r0, c0, r1, c1 = make_frame(image.pixels, (64, 64), True).crop
     width = image.shape[1]
     if image.meta["flipped"]:
@@ -114,3 +115,6 @@ def test_bad_requests(server):
     r = requests.post(f"{server.url}/infer/{TASK}?image={IMAGE}&output=json",
                       data={"params": json.dumps({"threshold": 2})}, timeout=60)
     assert r.status_code == 400 and "threshold must lie in (0, 1)" in r.json()["detail"]
+    r = requests.post(f"{server.url}/infer/{TASK}?image={IMAGE}&output=json",
+                      data={"params": json.dumps({"threshold": "high"})}, timeout=60)
+    assert r.status_code == 400 and "'high'" in r.json()["detail"]

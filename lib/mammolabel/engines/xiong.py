@@ -17,7 +17,7 @@ One engine for the CLI (``mammolabel train train_hybrid``) and the server (``/tr
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -236,7 +236,9 @@ def init_encoder(model: XiongHybridNet, path: str | Path) -> int:
     return len(best)
 
 
-def _batches(dataset: Dataset, options: HybridTrainOptions):
+def _batches(dataset: Dataset, options: HybridTrainOptions) -> tuple[Callable[[int], Iterator[dict]], int]:
+    """The epoch's batches (shuffled, or ``steps_per_epoch`` batches drawn with replacement) and their number."""
+
     def batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         generator = torch.Generator().manual_seed(options.seed * 1000 + epoch)
         steps = options.steps_per_epoch

@@ -82,9 +82,12 @@ class HybridSegmentationInfer(MammoInferTask):
         device = data.get("device") or "cpu"
         device = "cpu" if str(device).startswith("cuda") and not torch.cuda.is_available() else device
         network, ckpt = self.load(device)
-        threshold = float(data.get("threshold", ckpt.get("threshold", 0.5)))
+        try:
+            threshold = float(data.get("threshold", ckpt.get("threshold", 0.5)))
+        except (TypeError, ValueError):
+            threshold = -1.0
         if not 0 < threshold < 1:
-            raise InputError(f"threshold must lie in (0, 1), got {threshold}")
+            raise InputError(f"threshold must lie in (0, 1), got {data.get('threshold')!r}")
         size = ckpt["input"]
         pixels = image[0].cpu().numpy()
         frame = make_frame(pixels, (size["rows"], size["cols"]), size["crop_breast"])
@@ -114,7 +117,9 @@ class HybridSegmentationInfer(MammoInferTask):
         return Prediction(labelmap=labelmap, values=values, points=points, boxes=boxes, heatmap=prob)
 
     def score(self, record: ImageLabels, labelmap: np.ndarray, result: dict[str, Any]) -> dict[str, Any]:
-        """Dice of the lesion label against the mask; a hit when a component centre falls in a lesion box."""
+        """Per-image row: Dice of the lesion label against the mask, the share of the mask covered by the
+        lesion or uncertain labels (``uncertain_recall``), a hit when a component centre falls in a
+        lesion box, and for a normal film whether any lesion pixel was predicted."""
         lesion = labelmap == LESION
         row: dict[str, Any] = {"lesion_probability": result["lesion_probability"],
                                "components": result["components"], "lesion": bool(record.boxes or record.mask_path)}
