@@ -65,7 +65,8 @@ def test_output_shapes(overrides, shape, expected):
     net = GlamNet(tiny_config(**overrides)).eval()
     with torch.no_grad():
         out = net(torch.rand(shape))
-    assert [tuple(m.shape) for m in out.scale_maps] == [(b, 2, h0, w0), (b, 2, h0 // 2, w0 // 2), (b, 2, h0 // 4, w0 // 4)]
+    scales = [(b, 2, h0 // 2**n, w0 // 2**n) for n in range(3)]
+    assert [tuple(m.shape) for m in out.scale_maps] == scales
     assert out.scale_predictions.shape == (b, 3, 2) and out.global_prediction.shape == (b, 2)
     assert out.global_saliency.shape == (b, 2, h0, w0) and out.z_global.shape == (b, zg)
     assert out.corners.shape == (b, k, 2) and out.patch_maps.shape == (b, k, 2, *patch_map)
@@ -148,6 +149,12 @@ def test_patches_sit_at_the_peaks_without_overlap():
     peaks = [(11, 8), (2, 1)]
     for (r, c), (pr, pc) in zip(sorted(corners), sorted(peaks)):
         assert r <= pr and pr + 2 <= r + 4 and c <= pc and pc + 2 <= c + 4  # the whole peak inside its window
+
+    corner = torch.zeros(1, 2, 20, 20)
+    corner[..., 8:12, 8:12] = 1.0  # the first window
+    corner[..., 12, 10] = corner[..., 10, 12] = 1.0  # only a window over the first one holds both
+    (r0, c0), (r1, c1) = select_patches(corner, (4, 4), 2)[0].tolist()
+    assert (r0, c0) == (8, 8) and (abs(r0 - r1) >= 4 or abs(c0 - c1) >= 4)
 
     for seed in range(5):
         maps = torch.rand(3, 2, 20, 15, generator=torch.Generator().manual_seed(seed))
@@ -407,4 +414,5 @@ def test_stage_checkpoints_chain(phantom_copy, tmp_path):
     joint = load_checkpoint(stages / "joint.pt")
     assert joint["init_digest"] == state_digest(local["model"])  # joint starts from the local stage's best
     served = load_checkpoint(out)
-    assert served["stage"] == "joint" and all(torch.equal(served["model"][k], joint["model"][k]) for k in joint["model"])
+    assert served["stage"] == "joint"
+    assert all(torch.equal(served["model"][k], joint["model"][k]) for k in joint["model"])

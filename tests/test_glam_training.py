@@ -1,4 +1,4 @@
-"""``mammolabel train train_glam`` (all stages, resume, a second local stage), then ``evaluate glam_segmentation --split val``.
+"""``mammolabel train train_glam`` (all stages, resume, a second local stage), then ``evaluate --split val``.
 
 Reduced by default (12 phantoms, 128 px input, 2 epochs per stage); MAMMOLABEL_FULL_TRAINING=1 runs
 48 phantoms at 256 x 192 with 12 / 8 / 4 epochs.

@@ -487,14 +487,20 @@ def reference_glam(reference_dir: str | Path, num_patches: int) -> torch.nn.Modu
     Their code imports torchvision (only ``conv3x3`` and ``transforms``) and OpenCV, neither of
     which this project installs; when missing, stand-ins enter ``sys.modules`` before the import:
     ``conv3x3`` re-expressed (a 3x3 convolution, padding 1, no bias) and empty modules for the
-    rest, which their inference never calls. Their code runs otherwise unchanged.
+    rest, which their inference never calls. Their window search divides integer tensors with
+    ``/``, an integer division in the PyTorch 0.4 it was written for and a float division since
+    PyTorch 1.5 (wrong patch rows, and with K > 1 a crash when a patch is pasted back); it is
+    re-expressed with floor division. Their code runs otherwise unchanged.
     """
     import importlib
     import importlib.util
     import sys
     import types
 
-    if importlib.util.find_spec("torchvision") is None:
+    def missing(name: str) -> bool:
+        return name not in sys.modules and importlib.util.find_spec(name) is None
+
+    if missing("torchvision"):
         vision = types.ModuleType("torchvision")
         models = types.ModuleType("torchvision.models")
         resnet = types.ModuleType("torchvision.models.resnet")
@@ -507,12 +513,19 @@ def reference_glam(reference_dir: str | Path, num_patches: int) -> torch.nn.Modu
         vision.transforms = types.ModuleType("torchvision.transforms")
         sys.modules.update({"torchvision": vision, "torchvision.models": models, "torchvision.models.resnet": resnet,
                             "torchvision.transforms": vision.transforms})
-    if importlib.util.find_spec("cv2") is None:
+    if missing("cv2"):
         sys.modules["cv2"] = types.ModuleType("cv2")
     root = str(Path(reference_dir).resolve())
     if root not in sys.path:
         sys.path.insert(0, root)
     glam = importlib.import_module("src.modeling.glam")
+
+    def max_window(image: torch.Tensor, window: tuple[int, int], pooling_logic: str = "avg") -> torch.Tensor:
+        pooled = torch.nn.functional.avg_pool2d(image, window, stride=1)
+        index = pooled.flatten(2).argmax(dim=-1)
+        return torch.stack([index // pooled.shape[-1], index % pooled.shape[-1]], dim=-1)
+
+    glam.common_functions.get_max_window = max_window
     parameters = {"device_type": "cpu", "gpu_number": 0, "cam_size": (184, 120), "top_k_per_class": num_patches,
                   "crop_shape": (512, 512), "percent_k": 0.03, "detection_pooling_percent_k": 0.3}
     return glam.MILSingleImageModel(parameters).eval()

@@ -100,6 +100,6 @@ class GlamLoss(_Loss):
             elif stage == "local":
                 values = self.local_terms(output, target)
             else:
-                fusion = F.binary_cross_entropy_with_logits(output.fusion_logits.float(), target, reduction="none").sum(1)
-                values = fusion + self.global_terms(output, target) + self.local_terms(output, target)
+                fusion = F.binary_cross_entropy_with_logits(output.fusion_logits.float(), target, reduction="none")
+                values = fusion.sum(1) + self.global_terms(output, target) + self.local_terms(output, target)
         return _reduce(values, self.reduction)

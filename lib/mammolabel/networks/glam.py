@@ -36,7 +36,7 @@ greyscale input channel, bilinear upsampling of ``S_g`` for fusion, ``z_k`` the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -102,7 +102,7 @@ class GlamConfig:
     t_local: float = 0.3
     aggregation: str = "concat"
     attention_hidden: int = 128
-    classes: tuple[str, ...] = field(default=CLASSES)
+    classes: tuple[str, ...] = CLASSES
 
     def __post_init__(self) -> None:
         self.global_strides = tuple(int(s) for s in self.global_strides)
@@ -277,7 +277,9 @@ class LocalModule(nn.Module):
         self.trunk = ResNetTrunk(config.local_width, blocks, config.local_strides)
         self.head = nn.Conv2d(self.trunk.channels[-1], len(config.classes), 1, bias=False)
         self.aggregation = config.aggregation
-        self.attention = GatedAttention(self.out_channels, config.attention_hidden) if config.aggregation == "attention" else None
+        self.attention = None
+        if config.aggregation == "attention":
+            self.attention = GatedAttention(self.out_channels, config.attention_hidden)
         self.t = config.t_local
 
     @property
@@ -396,7 +398,8 @@ class GlamNet(nn.Module):
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         cfg = self.config
         if x.ndim != 4 or x.shape[2] % cfg.total_stride or x.shape[3] % cfg.total_stride:
-            raise ValueError(f"input must be (B, 1, H, W) with H, W multiples of {cfg.total_stride}, got {tuple(x.shape)}")
+            raise ValueError(f"input must be (B, 1, H, W) with H, W multiples of {cfg.total_stride}, "
+                             f"got {tuple(x.shape)}")
         size = (x.shape[2], x.shape[3])
 
         # 1. global module: S0, S1, S2 -> y_n; S_g; z_g

@@ -96,10 +96,13 @@ class GlamSegmentationInfer(MammoInferTask):
         return "cpu" if device.startswith("cuda") and not torch.cuda.is_available() else device
 
     def full_maps(self, pixels: np.ndarray, data: dict[str, Any]) -> tuple[dict[str, np.ndarray], Any, dict]:
-        """Every trained map at the canonical image's full resolution ({name: (2, rows, cols)}), the result, the checkpoint."""
+        """Every trained map at the canonical image's full resolution ({name: (2, rows, cols)}), the result, the checkpoint.
+
+        The maps are input-frame maps resized into the breast crop (zero outside it).
+        """
         net, ckpt = self.load(self._device(data))
         found = run_glam(net, pixels, ckpt["stage"], GlamOptions.from_mapping(ckpt["options"]), self._device(data))
-        maps = {name: np.stack([found.frame.to_full(m[i]) for i in range(len(CLASSES))]) for name, m in found.maps.items()}
+        maps = {name: np.stack([found.frame.to_full(channel) for channel in m]) for name, m in found.maps.items()}
         return maps, found, ckpt
 
     def predict(self, image: torch.Tensor, meta: dict[str, Any], data: dict[str, Any]) -> Prediction:
