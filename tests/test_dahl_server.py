@@ -91,6 +91,17 @@ def test_infer_with_the_monailabel_client(server, tmp_path):
         client.infer("classification", "no_such_image", {})
 
 
+def test_bad_input_is_refused_with_a_message(server, tmp_path):
+    write_small_checkpoint(server.model_dir)
+    (tmp_path / "text.png").write_text("not an image")
+    with open(tmp_path / "text.png", "rb") as f:
+        r = requests.post(f"{server.url}/infer/classification", files={"file": ("text.png", f)}, timeout=60)
+    assert r.status_code == 400 and "cannot read" in r.text
+    r = requests.post(f"{server.url}/infer/classification?image=phantom_001&output=json",
+                      data={"params": json.dumps({"exam": "perhaps"})}, timeout=60)
+    assert r.status_code == 400 and "exam" in r.text
+
+
 def test_train_over_http_writes_the_checkpoint_the_task_serves(server):
     path = server.model_dir / "classification.pt"
     path.unlink(missing_ok=True)
