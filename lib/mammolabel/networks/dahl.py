@@ -1,8 +1,7 @@
 """Holistic and Attention ResNet classifiers with their Ensemble (Dahl et al.).
 
 F. A. Dahl, M. Holden, O. Brautaset and L. Eikvil, "A mammography classification model trained
-from image labels only", Proceedings of the Northern Lights Deep Learning Workshop 3, 2022,
-doi:10.7557/18.6244.
+from image labels only", Septentrio Academic Publishing, doi:10.7557/18.6244.
 
 The paper's model, trained from image-level labels only:
 
