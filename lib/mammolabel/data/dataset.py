@@ -90,4 +90,4 @@ class MammoDataset(Dataset):
             "has_box": torch.tensor(float(s.box is not None)),
             "index": torch.tensor(index),
         }
-        return self.transform(item) if self.transform else item
+        return self.transform(item) if self.transform is not None else item
