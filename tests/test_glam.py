@@ -416,3 +416,16 @@ def test_stage_checkpoints_chain(phantom_copy, tmp_path):
     served = load_checkpoint(out)
     assert served["stage"] == "joint"
     assert all(torch.equal(served["model"][k], joint["model"][k]) for k in joint["model"])
+
+
+def test_benchmark_hooks_build_the_papers_configuration(tmp_path):
+    module = GlamSegmentationInfer.benchmark_module()
+    assert module.net.config == GlamConfig() and module.net.config.patch_size == (512, 512)
+    GlamSegmentationInfer.write_benchmark_checkpoint(tmp_path)
+    ckpt = load_checkpoint(tmp_path / "glam_segmentation.pt")
+    task = GlamSegmentationInfer(path=str(tmp_path / "glam_segmentation.pt"))
+    net = task.build_network(ckpt)
+    net.load_state_dict(ckpt["model"])
+    assert ckpt["stage"] == "joint" and (ckpt["options"]["rows"], ckpt["options"]["cols"]) == (2944, 1920)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in module.parameters())
+    assert set(ckpt["thresholds"]) == {"global", "local", "fused"}
