@@ -50,9 +50,8 @@ logger = logging.getLogger("mammolabel")
 
 #: Thresholds tried on the validation maps.
 THRESHOLDS = np.round(np.arange(0.02, 0.99, 0.02), 2)
-#: Saliency map that selects each stage's best epoch, and the prediction that gives its image scores.
-STAGE_MAP = {"global": "global", "local": "local", "joint": "fused"}
-STAGE_PREDICTION = {"global": "global", "local": "local", "joint": "fused"}
+#: The module whose saliency map selects each stage's best epoch and whose prediction scores its images.
+STAGE_OUTPUT = {"global": "global", "local": "local", "joint": "fused"}
 #: The maps each stage's output holds.
 STAGE_MAPS = {"global": ("global",), "local": ("global", "local", "fused"), "joint": ("global", "local", "fused")}
 #: The map the infer task segments by default, after each stage.
@@ -142,7 +141,7 @@ def targets_of(finding: str | None) -> torch.Tensor:
 
 
 class PreparedSet:
-    """Prepared samples as tensors: images (N, 1, H, W), targets (N, 2), masks (N, 1, H, W) and their flags."""
+    """Prepared samples as tensors: images (N, 1, H, W) and targets (N, 2); ``has_mask`` flags the lesion masks."""
 
     def __init__(self, samples: list[Sample]):
         self.samples = samples
@@ -314,7 +313,7 @@ def _run_stage(net: GlamNet, stage: str, train: PreparedSet, val: PreparedSet, o
     """Train one stage; return its summary with the thresholds chosen on validation."""
     path = stages_dir / f"{stage}.pt"
     loss_fn = GlamLoss(beta=options.beta)
-    map_name = STAGE_MAP[stage]
+    map_name = STAGE_OUTPUT[stage]
     metric = "val_dice" if any(val.has_mask) else "val_neg_loss"
 
     def step(model: GlamNet, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -326,7 +325,7 @@ def _run_stage(net: GlamNet, stage: str, train: PreparedSet, val: PreparedSet, o
         scores = validation_scores(model, val, stage, options.batch_size, loss_fn)
         chosen = choose_thresholds(scores["curves"], STAGE_MAPS[stage])
         out = {"val_neg_loss": -scores["loss"],
-               **_aucs(scores["predictions"][STAGE_PREDICTION[stage]], val.targets.numpy())}
+               **_aucs(scores["predictions"][map_name], val.targets.numpy())}
         for name, per_class in chosen.items():
             value = _mean_dice(per_class)
             if value is not None:

@@ -26,7 +26,15 @@ from scipy import ndimage
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
 from mammolabel.engines.checkpoint import save_checkpoint
-from mammolabel.engines.glam import SERVED_MAP, STAGE_MAPS, GlamOptions, run_glam, segment, train_glam
+from mammolabel.engines.glam import (
+    SERVED_MAP,
+    STAGE_MAPS,
+    STAGE_OUTPUT,
+    GlamOptions,
+    run_glam,
+    segment,
+    train_glam,
+)
 from mammolabel.errors import InputError
 from mammolabel.io import boxes_from_canonical, canonicalise, from_canonical, read_label, read_mammogram
 from mammolabel.metrics import dice
@@ -131,7 +139,7 @@ class GlamSegmentationInfer(MammoInferTask):
         parts = components(labels, chosen)
         flipped, width = bool(meta.get("flipped")), pixels.shape[1]
         patch_boxes = boxes_from_canonical([p["box"] for p in found.patches], flipped, width)
-        final = {"global": "global", "local": "local", "joint": "fused"}[stage]
+        final = STAGE_OUTPUT[stage]
         values = {
             "probabilities": {c: round(found.predictions[final][c], 5) for c in CLASSES},
             "module_probabilities": {k: {c: round(v, 5) for c, v in p.items()} for k, p in found.predictions.items()},
