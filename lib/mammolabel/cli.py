@@ -110,7 +110,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from mammolabel.engines.benchmark import run_benchmarks
 
-    return run_benchmarks(args.out, device=args.device, tasks=args.task, quick=args.quick)
+    return run_benchmarks(args.out, device=args.device, tasks=args.task, quick=args.quick, threads=args.threads)
 
 
 def _simulate_al(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--task", action="append", help="only these tasks (repeatable)")
     s.add_argument("--quick", action="store_true", help="fewer repeats (for tests)")
+    s.add_argument("--threads", type=int, help="torch CPU threads of the forward measurements (default: all cores)")
     s.set_defaults(func=_benchmark)
     return p
 

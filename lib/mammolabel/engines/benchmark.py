@@ -66,9 +66,9 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _cpu_forward(task_name: str | None, shape: tuple[int, ...], repeats: int, queue: mp.Queue) -> None:
+def _cpu_forward(task_name: str | None, shape: tuple[int, ...], repeats: int, threads: int, queue: mp.Queue) -> None:
     """Child process: forward latency and peak RSS of one network."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
     module = reference_network() if task_name is None else _task_module(task_name)
     module.eval()
     x = torch.rand(shape)
@@ -83,10 +83,10 @@ def _task_module(name: str) -> torch.nn.Module:
     return infer_tasks()[name].benchmark_module()
 
 
-def cpu_forward(task_name: str | None, shape: tuple[int, ...], repeats: int) -> dict[str, float]:
+def cpu_forward(task_name: str | None, shape: tuple[int, ...], repeats: int, threads: int) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_cpu_forward, args=(task_name, shape, repeats, queue))
+    proc = ctx.Process(target=_cpu_forward, args=(task_name, shape, repeats, threads, queue))
     proc.start()
     result = queue.get(timeout=3600)
     proc.join()
@@ -147,8 +147,13 @@ def server_latency(task_names: list[str], repeats: int) -> dict[str, float]:
 
 
 def run_benchmarks(out_dir: str | Path, device: str = "cpu", tasks: list[str] | None = None,
-                   quick: bool = False) -> dict[str, Any]:
-    """Benchmark the tasks (all by default); write ``<out>/benchmark.json`` and ``<out>/<task>.json``."""
+                   quick: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Benchmark the tasks (all by default); write ``<out>/benchmark.json`` and ``<out>/<task>.json``.
+
+    ``threads`` (default: every core) is the torch thread count of the CPU forward measurements;
+    on a loaded machine one thread is often faster than all of them.
+    """
+    threads = threads or max(1, os.cpu_count() or 1)
     from mammolabel.tasks import infer_tasks, lookup
 
     registry = infer_tasks()
@@ -161,8 +166,8 @@ def run_benchmarks(out_dir: str | Path, device: str = "cpu", tasks: list[str] | 
     latencies = server_latency(names, repeats)
     reference = {"name": "resnet34 (MONAI, 1 channel)", "flops": flops(reference_network(), shape)}
     if any(registry[n].benchmark_module() is not None for n in names):
-        reference.update(cpu_forward(None, shape, repeats))
-    report: dict[str, Any] = {"machine": machine(), "device": device, "full_field": list(FULL_FIELD),
+        reference.update(cpu_forward(None, shape, repeats, threads))
+    report: dict[str, Any] = {"machine": machine(), "device": device, "cpu_threads": threads, "full_field": list(FULL_FIELD),
                               "server_image": list(SERVER_IMAGE), "reference": reference, "tasks": {}}
     for name in names:
         entry: dict[str, Any] = {"server_latency_s": latencies[name], "server_target_s": 3.0}
@@ -170,7 +175,7 @@ def run_benchmarks(out_dir: str | Path, device: str = "cpu", tasks: list[str] | 
         if module is not None:
             logger.info(f"benchmark: {name} at full field on CPU")
             entry["flops"] = flops(module, shape)
-            entry.update(cpu_forward(name, shape, repeats))
+            entry.update(cpu_forward(name, shape, repeats, threads))
             entry["ratios"] = {k: entry[k] / reference[k] for k in ("flops", "latency_s", "peak_rss_mb")}
             if device.startswith("cuda") and torch.cuda.is_available():
                 entry["gpu"] = gpu_figures(module, repeats)
