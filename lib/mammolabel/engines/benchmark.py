@@ -182,7 +182,8 @@ def run_benchmarks(out_dir: str | Path, device: str = "cpu", tasks: list[str] | 
                 entry["gpu_reference"] = gpu_figures(reference_network(), repeats)
         report["tasks"][name] = entry
         with atomic_path(out_dir / f"{name}.json", suffix=".json") as tmp:
-            Path(tmp).write_text(json.dumps({"machine": report["machine"], "reference": reference, name: entry}, indent=2))
+            Path(tmp).write_text(json.dumps({"machine": report["machine"], "cpu_threads": threads, "reference": reference,
+                                             name: entry}, indent=2))
     with atomic_path(out_dir / "benchmark.json", suffix=".json") as tmp:
         Path(tmp).write_text(json.dumps(report, indent=2))
     return report
