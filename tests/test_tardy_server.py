@@ -162,6 +162,10 @@ def test_cli_trains_both_stages_resumes_evaluates_and_infers(phantom_copy, tmp_p
     assert main(["train", "train_discriminative", *studies, "--out", str(out), "--epochs", "3", "--device", "cpu",
                  *TINY]) == 0  # resumes from <out>.last.pt: one more epoch
     assert [h["epoch"] for h in load_checkpoint(models / f"{TASK}.last.pt")["history"]] == [1, 2, 3]
+    assert main(["train", "train_discriminative", *studies, "--out", str(out), "--epochs", "3", "--device", "cpu",
+                 *TINY, "--set", "no_subtraction=true"]) == 0  # another head: not resumed, trained afresh
+    last = load_checkpoint(models / f"{TASK}.last.pt")
+    assert last["subtraction"] is False and [h["epoch"] for h in last["history"]] == [1, 2, 3]
     capsys.readouterr()
 
     plain = tmp_path / "plain" / f"{TASK}.pt"

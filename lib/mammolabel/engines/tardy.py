@@ -31,7 +31,7 @@ from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
 from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.loop import FitOptions, FitResult, fit
+from mammolabel.engines.loop import FitOptions, FitResult, fit, last_path
 from mammolabel.errors import InputError
 from mammolabel.losses.tardy import MalignancyMapLoss
 from mammolabel.networks.tardy import DiscriminativeSegmenter, FullImageUNet, UNetConfig
@@ -136,6 +136,19 @@ def split(records: list[ImageLabels], options: StageOptions, what: str) -> tuple
     return train, val
 
 
+def discard_stale_resume(out: Path, meta: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Remove ``<out>.last.pt`` when it was written with other ``keys`` than ``meta``'s: resuming it would
+    continue another model (e.g. the plain head's weights under the subtraction head)."""
+    path = last_path(out)
+    if not path.exists():
+        return
+    previous = load_checkpoint(path)
+    changed = [k for k in keys if previous.get(k) != meta.get(k)]
+    if changed:
+        logger.warning(f"{path} was written with another {', '.join(changed)}; starting afresh")
+        path.unlink()
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
@@ -218,6 +231,8 @@ def pretrain_reconstruction(inventory: LabelInventory, options: dict[str, Any], 
             "crop_breast": stage.crop_breast, "corruption": corruption_args, "labels": report,
             "train_images": [r.image_id for r in train], "val_images": [r.image_id for r in val],
             "validated_on_training_images": val is train}
+    if stage.fit.resume:
+        discard_stale_resume(out, meta, ("stage", "network", "size", "crop_breast", "corruption"))
     optimizer = torch.optim.Adam(network.parameters(), lr=stage.lr)
     result = fit(network, optimizer, batches, math.ceil(len(train_set) / stage.batch_size), step, validate, "psnr",
                  out, stage.fit, meta, desc=PRETRAIN_STAGE)
@@ -343,6 +358,8 @@ def train_discriminative(inventory: LabelInventory, options: dict[str, Any], out
             "initialised_from": str(pretrained) if pretrained else None,
             "train_images": [r.image_id for r in train], "val_images": [r.image_id for r in val],
             "validated_on_training_images": val is train}
+    if stage.fit.resume:
+        discard_stale_resume(out, meta, ("stage", "network", "subtraction", "size", "crop_breast", "initialised_from"))
     optimizer = torch.optim.Adam(model.parameters(), lr=stage.lr)
     result = fit(model, optimizer, batches, math.ceil(len(train_set) / stage.batch_size), step, validate, "dice",
                  out, stage.fit, meta, desc=DISCRIMINATIVE_STAGE)

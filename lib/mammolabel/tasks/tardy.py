@@ -82,11 +82,11 @@ class DiscriminativeSegmentationInfer(MammoInferTask):
     def predict(self, image: torch.Tensor, meta: dict[str, Any], data: dict[str, Any]) -> Prediction:
         device = str(data.get("device") or "cpu")
         network, ckpt = self.load(device)
-        threshold = parse_threshold(str(data.get("threshold", "auto"))) or float(ckpt.get("threshold", 0.5))
+        threshold = parse_threshold(str(data.get("threshold") or "auto")) or float(ckpt.get("threshold", 0.5))
         pixels = image[0].cpu().numpy()
         frame = make_frame(pixels, tuple(ckpt["size"]), bool(ckpt["crop_breast"]))
         x = torch.from_numpy(frame.to_input(pixels))[None, None].to(device)  # (1, 1, h, w)
-        output = network(x).float()  # O = I - U(I), (1, 1, h, w)
+        output = network(x).float()  # O = I - U(I) (or the plain head's logits), (1, 1, h, w)
         probability = frame.to_full(network.probability(output)[0, 0])  # (rows, cols) in [0, 1]
         mask = probability >= threshold
         spacing = meta.get("spacing")
