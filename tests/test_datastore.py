@@ -115,6 +115,20 @@ def test_replacing_a_label_with_another_format_leaves_one_file(phantom_copy, tmp
     assert boxes_from_mask(read_label(phantom_copy / "labels/final/phantom_000.png")) == [[10, 10, 19, 19]]
 
 
+def test_opening_removes_only_the_temporary_files_of_interrupted_writes(phantom_copy):
+    stale = [phantom_copy / "labels" / "box" / ".phantom_001.nrrd.ab_9xy2z.tmp.nrrd",
+             phantom_copy / ".datastore_v2.json.q1w2e3r4.tmp.json"]
+    kept = [phantom_copy / "labels" / "final" / ".notes.tmp", phantom_copy / "labels" / "final" / "phantom_001.tmp.png"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    MammoDatastore(phantom_copy, read_only=True)
+    assert all(p.exists() for p in stale)  # a read-only open changes nothing
+    store = MammoDatastore(phantom_copy)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert "phantom_001" in store.list_images()
+
+
 def test_split_is_patient_wise_stratified_and_deterministic(mias_datastore):
     records = collect_labels(MammoDatastore(mias_datastore)).images
     train, val = split_by_patient(records, 0.25, seed=3)
@@ -125,3 +139,15 @@ def test_split_is_patient_wise_stratified_and_deterministic(mias_datastore):
     again = split_by_patient(records, 0.25, seed=3)[1]
     assert [r.image_id for r in again] == [r.image_id for r in val]
     assert 0.15 < len(val) / len(records) < 0.35
+
+
+def test_split_of_a_few_patients_still_validates(phantom_dir):
+    records = collect_labels(MammoDatastore(phantom_dir, read_only=True)).images[:8]
+    for rec, finding in zip(records, ["malignant"] * 2 + ["benign"] * 2 + ["normal"] * 4):
+        rec.finding = finding
+    by_patient = {r.patient_id for r in records}
+    assert len(by_patient) == 4  # each finding group alone rounds to no validation patient at 20 %
+    train, val = split_by_patient(records, 0.2, seed=0)
+    assert len({r.patient_id for r in val}) == 1 and {r.finding for r in val} == {"normal"}
+    assert {r.finding for r in train} == {"malignant", "benign", "normal"}
+    assert split_by_patient(records, 0.1, seed=0)[1] == []  # 0.4 patient rounds to none

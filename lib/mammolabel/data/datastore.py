@@ -2,7 +2,8 @@
 
 :class:`MammoDatastore` is MONAI Label's ``LocalDatastore`` with three changes: every image and
 label is checked before it is stored (bad input raises :class:`InputError`, the datastore is left
-unchanged); files and the datastore index are written atomically; and the weak-label tags of
+unchanged); files and the datastore index are written atomically (temporary files that a crash left
+behind are removed on open); and the weak-label tags of
 :mod:`mammolabel.data.labels` are understood (``finding`` JSON, ``box`` masks turned into boxes).
 
 :func:`collect_labels` reads every label an image has, from any MONAI Label datastore.
@@ -35,7 +36,7 @@ from mammolabel.data.labels import (
     check_finding,
 )
 from mammolabel.errors import InputError, NotFoundError
-from mammolabel.io import atomic_path, read_label, read_mammogram
+from mammolabel.io import atomic_path, read_label, read_mammogram, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class MammoDatastore(LocalDatastore):
     """Local datastore for mammograms with validated and atomic saves (see module docstring)."""
 
     def __init__(self, path: str | os.PathLike, auto_reload: bool = False, read_only: bool = False):
+        if not read_only and Path(path).is_dir():
+            # Every writer holds the datastore lock while its temporary file exists, so any found here is stale.
+            with FileLock(os.path.join(path, ".lock")):
+                remove_stale_temps(path)
         super().__init__(str(path), extensions=EXTENSIONS, auto_reload=auto_reload, read_only=read_only)
 
     def _update_datastore_file(self, lock: bool = True) -> None:

@@ -16,7 +16,9 @@ def split_by_patient(
     """Split so that all images of a patient land on the same side.
 
     Patients are grouped by their most severe finding and each group is split in the same
-    proportion, so both sides see every finding. The same records and seed give the same split.
+    proportion, so both sides see every finding. When that rounds every group to no validation patient
+    although the fraction asks for one, one patient of the largest group is held out. The same records
+    and seed give the same split.
     """
     if not 0 <= val_fraction < 1:
         raise ValueError("val_fraction must lie in [0, 1)")
@@ -29,10 +31,17 @@ def split_by_patient(
         groups[max(severity.get(r.finding or "normal", 0) for r in recs)].append(pid)
     rng = np.random.default_rng(seed)
     val_ids: set[str] = set()
+    orders = []
     for _, pids in sorted(groups.items()):
         order = [pids[i] for i in rng.permutation(len(pids))]
         n_val = math.floor(len(order) * val_fraction + 0.5) if len(order) > 1 else 0
         val_ids.update(order[:n_val])
+        orders.append(order)
+    if not val_ids and math.floor(len(patients) * val_fraction + 0.5) >= 1:
+        # Small groups all rounded to zero: take one patient of the largest group that keeps one in training.
+        order = max((o for o in orders if len(o) > 1), key=len, default=None)
+        if order:
+            val_ids.add(order[0])
     train = [r for r in records if r.patient_id not in val_ids]
     val = [r for r in records if r.patient_id in val_ids]
     return train, val

@@ -1,6 +1,6 @@
 """Image input/output: readers, canonical orientation, labelmap and DICOM writers."""
 
-from mammolabel.io.atomic import atomic_path, write_bytes_atomic
+from mammolabel.io.atomic import atomic_path, remove_stale_temps, write_bytes_atomic
 from mammolabel.io.dicom import read_dicom, write_dicom_mg
 from mammolabel.io.image import Mammogram, normalise
 from mammolabel.io.orientation import (
@@ -28,6 +28,7 @@ __all__ = [
     "read_dicom",
     "read_label",
     "read_mammogram",
+    "remove_stale_temps",
     "to_canonical",
     "write_bytes_atomic",
     "write_dicom_mg",

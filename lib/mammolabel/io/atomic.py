@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# ".<dest name>.<8 random characters of mkstemp>.tmp<suffixes>", as atomic_path names its files.
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^/]*)?$")
 
 
 @contextlib.contextmanager
@@ -35,3 +42,15 @@ def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``dest`` atomically."""
     with atomic_path(dest) as tmp, open(tmp, "wb") as f:
         f.write(data)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writes interrupted by a crash (kill -9) left under ``folder``.
+
+    Call it only while no writer is active there (e.g. under the folder's lock); returns what it removed.
+    """
+    removed = [p for p in Path(folder).rglob(".*.tmp*") if p.is_file() and _TEMP_NAME.match(p.name)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+        logger.warning(f"removed {path}, left by an interrupted write")
+    return removed
