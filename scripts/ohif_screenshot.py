@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -159,12 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     width, height = (int(v) for v in args.size.lower().split("x"))
     port = int(os.environ.get("CDP_PORT", "0")) or _free_port()
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile while they exit: clean up what can be.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen(
             [chromium, "--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-             "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
+             "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
              f"--remote-debugging-port={port}", f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         try:
             url = f"{args.server.rstrip('/')}/ohif/viewer?StudyInstanceUIDs={args.study}"
@@ -173,10 +176,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ohif_screenshot: {e}", file=sys.stderr)
             return 2
         finally:
-            browser.terminate()
-            browser.wait(timeout=20)
+            _stop(browser)
     print(f"ohif_screenshot: wrote {args.out}; OHIF drew the SR with labels {labels}")
     return 0
+
+
+def _stop(browser: subprocess.Popen) -> None:
+    """End Chromium and every helper process of its session."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # the second ends any helper that outlived the browser
+        try:
+            os.killpg(browser.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            browser.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _free_port() -> int:

@@ -62,6 +62,16 @@ def test_locks_keep_two_annotators_apart(weak_store):
     assert expired({"strategy": "first", "client_id": "bob"}, weak_store)["id"] == a
 
 
+def test_annotators_asking_at_once_get_different_images(weak_store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    strategy = FirstStrategy()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        picks = list(pool.map(lambda i: strategy({"strategy": "first", "client_id": f"c{i}"}, weak_store)["id"],
+                              range(6)))
+    assert len(set(picks)) == 6, picks
+
+
 def test_heatmap_uncertainty_is_highest_for_undecided_maps():
     shape = (50, 40)
     confident = Prediction(np.zeros(shape, np.uint8), heatmap=np.where(np.arange(2000).reshape(shape) < 20, 0.99, 0.01))
@@ -113,20 +123,23 @@ def test_strategies_through_the_server(server):
 
 @pytest.mark.training
 def test_simulated_annotation_loop(tmp_path):
-    """Reduced loop on phantoms (the full MIAS run is in docs/active_learning.md)."""
+    """Reduced loop on phantoms, two seeds (the development runs are in docs/active_learning.md)."""
     from mammolabel.engines.simulate import simulate_active_learning
 
     write_phantom_study(tmp_path / "s", n=20, seed=5, dicom=False)
     options = {"rows": 64, "cols": 64, "width": 4, "depth": 18, "batch_size": 4, "epochs": 1}
     result = simulate_active_learning(tmp_path / "s", tmp_path / "al", initial=2, rounds=1, per_round=2,
-                                      train_options=options)
+                                      seeds=(0, 1), train_options=options)
     assert (tmp_path / "al" / "simulate_al.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "al" / "simulate_al.json").read_text())
-    assert saved["curves"] == result["curves"]
+    assert saved["curves"] == result["curves"] and set(saved["runs"]) == {"0", "1"}
     for name in ("uncertainty", "random"):
         curve = result["curves"][name]
         assert [c["masks"] for c in curve] == [2, 4]
-        assert all(0 <= c["dice_mean"] <= 1 for c in curve)
-        pool = collect_labels(MammoDatastore(tmp_path / "al" / "work" / name / "studies")).images
-        assert sum(1 for r in pool if r.mask_path) == 4
-        assert all(r.box_path for r in pool if not r.mask_path)  # the rest keep their weak label
+        assert all(0 <= c["dice_min"] <= c["dice_mean"] <= c["dice_max"] <= 1 for c in curve)
+        seeds = [saved["runs"][s][name] for s in ("0", "1")]
+        assert curve[1]["dice_mean"] == pytest.approx((seeds[0][1]["dice_mean"] + seeds[1][1]["dice_mean"]) / 2)
+        for seed in (0, 1):
+            pool = collect_labels(MammoDatastore(tmp_path / "al" / "work" / f"seed{seed}" / name / "studies")).images
+            assert sum(1 for r in pool if r.mask_path) == 4
+            assert all(r.box_path for r in pool if not r.mask_path)  # the rest keep their weak label

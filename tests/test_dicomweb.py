@@ -316,6 +316,18 @@ def test_datastore_lists_one_image_per_mg_instance_and_explains_refusals(orthanc
                                                                                uploaded.StudyInstanceUID)
 
 
+def test_next_sample_fetches_only_the_image_it_picks(orthanc, pacs, tmp_path):
+    from mammolabel.tasks.activelearning import FirstStrategy
+
+    store = DICOMwebMammoDatastore(orthanc.client(), tmp_path / "cache")
+    picked = FirstStrategy()({"strategy": "first", "client_id": "a"}, store)
+    assert picked["id"] == min(store.list_images())
+    assert [p.stem for p in (tmp_path / "cache").rglob("*.dcm")] == [picked["id"]]
+    assert store.get_image_info(picked["id"])["lock"]["client_id"] == "a"
+    second = FirstStrategy()({"strategy": "first", "client_id": "b"}, store)["id"]
+    assert second != picked["id"] and len(list((tmp_path / "cache").rglob("*.dcm"))) == 2
+
+
 def test_a_final_label_goes_back_as_seg_and_loses_nothing(orthanc, pacs, tmp_path):
     store = DICOMwebMammoDatastore(orthanc.client(), tmp_path / "cache")
     source = pacs.source("phantom_000")

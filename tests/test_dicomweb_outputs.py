@@ -246,3 +246,20 @@ def test_non_mammograms_and_wrong_sizes_are_refused(source):
         out.measurement_report(source, "probe", {}, boxes=[{"box": [400, 0, 420, 10]}])
     with pytest.raises(InputError, match="empty"):
         out.segmentation(source, np.zeros_like(lab), {}, "probe")
+
+
+def test_a_pacs_that_refuses_the_results_does_not_cost_the_result(mg_file):
+    from mammolabel.data.dicomweb import DICOMwebError
+    from mammolabel.engines.evaluate import run_task
+    from mammolabel.tasks.breast_region import BreastRegionInfer
+
+    class RefusingPacs:
+        def store_results(self, *args):
+            raise DICOMwebError("the DICOMweb server http://pacs refused to store 3 object(s) (HTTP 503)")
+
+    task = BreastRegionInfer()
+    task.dicom_sink = RefusingPacs()
+    labelmap, result = run_task(task, str(mg_file))
+    assert labelmap.shape == read_dicom(mg_file).shape and (labelmap == 1).any()
+    assert result["dicom"] == {"stored": False, "reason": "the DICOMweb server http://pacs refused to store 3 "
+                                                          "object(s) (HTTP 503)"}

@@ -195,3 +195,30 @@ def test_label_of_wrong_size_is_refused(tmp_path):
     write_labelmap(tmp_path / "l.nrrd", np.zeros((30, 40), np.uint8))
     with pytest.raises(InputError, match="W x H"):
         read_label(tmp_path / "l.nrrd", (40, 30))
+
+
+def test_dicom_with_only_imager_pixel_spacing(tmp_path):
+    ds = _dicom(tmp_path)
+    del ds.PixelSpacing
+    ds.ImagerPixelSpacing = [0.07, 0.065]
+    ds.save_as(tmp_path / "ips.dcm")
+    assert read_mammogram(tmp_path / "ips.dcm").meta["spacing"] == pytest.approx((0.07, 0.065))
+
+
+def test_load_mammogramd_mirrors_the_image_and_its_mask_together(tmp_path):
+    from mammolabel.transforms import LoadMammogramd
+
+    img = ramp(60, 50)
+    img[:, 25:] *= 0.05
+    mirrored = img[:, ::-1].copy()  # chest wall on the right
+    Image.fromarray(np.round(mirrored * 255).astype(np.uint8)).save(tmp_path / "r.png")
+    mask = np.zeros(mirrored.shape, np.uint8)
+    mask[5:9, 40:44] = 1  # near the right edge of the stored image
+    label = write_labelmap(tmp_path / "m.nrrd", mask)
+    d = LoadMammogramd(keys="image", label_keys="label")({"image": str(tmp_path / "r.png"), "label": str(label)})
+    image = d["image"]
+    assert tuple(image.shape) == (1, 60, 50) and image.meta["flipped"] is True
+    np.testing.assert_allclose(image[0].numpy(), img, atol=1 / 255)
+    assert tuple(d["label"].shape) == (1, 60, 50)
+    rows, cols = np.nonzero(d["label"][0].numpy())
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 8, 50 - 44, 50 - 41)

@@ -103,3 +103,12 @@ def test_train_over_http_writes_the_checkpoint_the_task_serves(server):
 
     r = requests.post(f"{server.url}/train/train_cam_self_training?run_sync=true", json={"size": "big"}, timeout=60)
     assert r.status_code == 400 and "size" in r.text
+
+
+def test_bad_input_is_refused_with_a_message(server, tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    with open(tmp_path / "text.png", "rb") as f:
+        r = requests.post(f"{server.url}/infer/localization", files={"file": ("text.png", f)}, timeout=60)
+    assert r.status_code == 400 and "cannot read" in r.json()["detail"]
+    r = requests.post(f"{server.url}/infer/localization?image=no_such_image", timeout=60)
+    assert r.status_code == 404 and "not in the datastore" in r.json()["detail"]

@@ -89,6 +89,14 @@ def bad_images(tmp: Path) -> dict[str, tuple[str, bytes]]:
     def not_mg_text(ds):
         ds.Rows = 2
 
+    def beyond_bits_stored(ds):
+        pixels = ds.pixel_array.copy()
+        pixels[0, 0] = 0xFFFF  # a 16-bit value in a 12-bit image
+        ds.PixelData = pixels.tobytes()
+
+    def fewer_bits_stored(ds):
+        ds.BitsStored, ds.HighBit = 8, 7  # the stored 12-bit values no longer fit
+
     return {
         "zero-png": ("a.png", b""),
         "zero-dcm": ("a.dcm", b""),
@@ -111,6 +119,8 @@ def bad_images(tmp: Path) -> dict[str, tuple[str, bytes]]:
         "dicom-short-pixel-data": ("a.dcm", dicom_bytes(tmp, short_data)),
         "dicom-colour": ("a.dcm", dicom_bytes(tmp, colour)),
         "dicom-2-rows": ("a.dcm", dicom_bytes(tmp, not_mg_text)),
+        "dicom-16-bit-value-in-12-bits": ("a.dcm", dicom_bytes(tmp, beyond_bits_stored)),
+        "dicom-values-beyond-bits-stored": ("a.dcm", dicom_bytes(tmp, fewer_bits_stored)),
         "png-40000x40000-claim": ("a.png", png_header_claiming(40000, 40000)),
         "png-1x1": ("a.png", png_bytes(np.zeros((1, 1), np.uint8))),
         "png-3-pixels-wide": ("a.png", png_bytes(np.zeros((100, 3), np.uint8))),
@@ -189,11 +199,17 @@ def test_fifty_bad_inputs_get_4xx_messages_and_change_nothing(server, tmp_path):
         ("strategy-unknown", "post", "/activelearning/nosuch", {}, None),
         ("scoring-unknown", "post", "/scoring/nosuch", {}, None),
         ("train-unknown", "post", "/train/nosuch", {}, None),
+        ("model-upload-anonymous", "put", "/model/hybrid_segmentation", {}, {"file": ("m.pt", b"weights?")}),
+        ("model-delete-anonymous", "delete", "/model/hybrid_segmentation", {}, None),
     ]
     assert len(cases) >= 50
     failures = []
+
+    def digest() -> str:  # the datastore and the model folder: no bad request writes anywhere
+        return tree_digest(server.studies_dir) + tree_digest(server.model_dir)
+
     for name, method, path, data, files in cases:
-        before = tree_digest(server.studies_dir)
+        before = digest()
         r = requests.request(method, f"{server.url}{path}", data=data, files=files, timeout=120)
         try:
             detail = r.json().get("detail")
@@ -201,8 +217,8 @@ def test_fifty_bad_inputs_get_4xx_messages_and_change_nothing(server, tmp_path):
             detail = None
         if not (400 <= r.status_code < 500 and detail):
             failures.append(f"{name}: {r.status_code} {r.text[:200]}")
-        if tree_digest(server.studies_dir) != before:
-            failures.append(f"{name}: the datastore changed")
+        if digest() != before:
+            failures.append(f"{name}: the datastore or the model folder changed")
     assert not failures, "\n".join(failures)
     assert requests.post(f"{server.url}/infer/breast_region?image=phantom_000&output=json", timeout=120).ok
 

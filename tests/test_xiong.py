@@ -316,6 +316,11 @@ def test_cli_train_resume_infer_evaluate(phantom_copy, tmp_path, capsys):
     assert cli(_train_args(phantom_copy, out, "--epochs", "2", "--set", "strong_fraction=0.5")) == 0  # resumes
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs_run"] == 2 and len(load_checkpoint(out.with_name("hybrid_segmentation.last.pt"))["history"]) == 2
+    # Another width: the last checkpoint belongs to another network and is not resumed.
+    assert cli(_train_args(phantom_copy, out, "--epochs", "1", "--set", "strong_fraction=0.5", "--set", "width=8")) == 0
+    capsys.readouterr()
+    assert len(load_checkpoint(out.with_name("hybrid_segmentation.last.pt"))["history"]) == 1
+    assert load_checkpoint(out)["network"]["width"] == 8
 
     image = next(iter(sorted(phantom_copy.glob("phantom_*.png"))))
     assert cli(["infer", "hybrid_segmentation", str(image), "--checkpoint", str(out), "--out", str(tmp_path / "inf")]) == 0

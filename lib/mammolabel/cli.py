@@ -119,7 +119,7 @@ def _simulate_al(args: argparse.Namespace) -> dict[str, Any]:
     result = simulate_active_learning(
         args.studies, args.out, train_task=args.train_task, infer_task=args.infer_task,
         strategies=tuple(args.strategy or ("uncertainty", "random")), initial=args.initial, rounds=args.rounds,
-        per_round=args.per_round, seed=args.seed, train_options=dict(args.set or []))
+        per_round=args.per_round, seeds=tuple(args.seed or [0]), train_options=dict(args.set or []))
     return {"out": str(args.out), "curves": result["curves"]}
 
 
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--initial", type=int, default=4, help="images with a mask at the start")
     s.add_argument("--rounds", type=int, default=4)
     s.add_argument("--per-round", type=int, default=4, help="masks revealed per round")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, action="append", help="repeatable: one loop per seed, plotted with their mean")
     s.add_argument("--set", type=_key_value, action="append", metavar="KEY=VALUE", help="train task option")
     s.set_defaults(func=_simulate_al)
 

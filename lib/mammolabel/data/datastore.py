@@ -151,11 +151,13 @@ class LabelInventory:
         return used, report
 
 
-def collect_labels(datastore: Datastore) -> LabelInventory:
+def collect_labels(datastore: Datastore, image_paths: bool = True) -> LabelInventory:
     """Read every label of every image of ``datastore`` (any MONAI Label datastore).
 
     A finding comes from the ``finding`` label (or from the image info), boxes from the ``box``
-    label (or from the mask), points from either, the mask from ``final``.
+    label (or from the mask), points from either, the mask from ``final``. With ``image_paths``
+    false the records' ``image_path`` is left empty, so that a DICOMweb datastore fetches no image
+    (choosing the next sample needs the labels only).
     """
     images, counts = [], Counter()
     for image_id in sorted(datastore.list_images()):
@@ -163,7 +165,7 @@ def collect_labels(datastore: Datastore) -> LabelInventory:
         tags = datastore.get_labels_by_image_id(image_id)
         rec = ImageLabels(
             image_id=image_id,
-            image_path=datastore.get_image_uri(image_id),
+            image_path=datastore.get_image_uri(image_id) if image_paths else "",
             patient_id=str(info.get("patient_id") or image_id),
             laterality=info.get("laterality"),
             spacing_mm=float(info["spacing_mm"]) if info.get("spacing_mm") else None,

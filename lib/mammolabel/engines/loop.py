@@ -82,6 +82,19 @@ def last_path(out: Path) -> Path:
     return out.with_name(out.stem + ".last.pt")
 
 
+def discard_stale_resume(out: Path, meta: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Remove ``<out>.last.pt`` when it was written with other ``keys`` than ``meta``'s: resuming it would
+    continue another model (other layers, head, input size or training images)."""
+    path = last_path(out)
+    if not path.exists():
+        return
+    previous = load_checkpoint(path)
+    changed = [k for k in keys if previous.get(k) != meta.get(k)]
+    if changed:
+        logger.warning(f"{path} was written with another {', '.join(changed)}; starting afresh")
+        path.unlink()
+
+
 def stats_path(out: Path) -> Path:
     return out.with_name(out.stem + ".stats.json")
 

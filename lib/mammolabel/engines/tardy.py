@@ -31,7 +31,7 @@ from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
 from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.loop import FitOptions, FitResult, fit, last_path
+from mammolabel.engines.loop import FitOptions, FitResult, discard_stale_resume, fit
 from mammolabel.errors import InputError
 from mammolabel.losses.tardy import MalignancyMapLoss
 from mammolabel.networks.tardy import DiscriminativeSegmenter, FullImageUNet, UNetConfig
@@ -134,19 +134,6 @@ def split(records: list[ImageLabels], options: StageOptions, what: str) -> tuple
         logger.warning(f"{what}: too few patients for a validation split; validating on the training images")
         val = train
     return train, val
-
-
-def discard_stale_resume(out: Path, meta: dict[str, Any], keys: tuple[str, ...]) -> None:
-    """Remove ``<out>.last.pt`` when it was written with other ``keys`` than ``meta``'s: resuming it would
-    continue another model (e.g. the plain head's weights under the subtraction head)."""
-    path = last_path(out)
-    if not path.exists():
-        return
-    previous = load_checkpoint(path)
-    changed = [k for k in keys if previous.get(k) != meta.get(k)]
-    if changed:
-        logger.warning(f"{path} was written with another {', '.join(changed)}; starting afresh")
-        path.unlink()
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

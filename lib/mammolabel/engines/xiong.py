@@ -33,7 +33,7 @@ from mammolabel.data.dataset import MammoDataset
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
 from mammolabel.engines.checkpoint import load_checkpoint
-from mammolabel.engines.loop import FitOptions, fit
+from mammolabel.engines.loop import FitOptions, discard_stale_resume, fit
 from mammolabel.errors import InputError
 from mammolabel.losses.xiong import HybridLoss, reversed_box_mask
 from mammolabel.metrics import dice
@@ -324,6 +324,9 @@ def train_hybrid(inventory: LabelInventory, values: dict[str, Any], out: str | P
         "val_images": sorted(r.image_id for r in val),
         "strong_images": sorted(i for i, role in plan.roles.items() if role == STRONG),
     }
+    meta["signature"] = {k: v for k, v in asdict(options).items() if k not in ("epochs", "resume", "device")}
+    if options.resume:
+        discard_stale_resume(Path(out), meta, ("network", "input", "signature", "strong_images", "val_images"))
     fit_options = FitOptions(epochs=options.epochs, device=options.device, resume=options.resume)
     metric = "dice" if len(val_set) else "epoch_seen"
     result = fit(model, optimizer, batches, steps, step, validate, metric, out, fit_options, meta=meta,

@@ -31,6 +31,19 @@ def find_instance(path: Path) -> Path:
     return files[0]
 
 
+def check_bits_stored(path: Path, raw: np.ndarray, ds: Dataset) -> None:
+    """Refuse stored values outside the range of BitsStored (e.g. 65535 in a 12-bit image)."""
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if not np.issubdtype(raw.dtype, np.integer) or not 0 < bits < raw.dtype.itemsize * 8:
+        return
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    found_lo, found_hi = int(raw.min()), int(raw.max())
+    if found_lo < lo or found_hi > hi:
+        raise InputError(f"{path}: pixel values {found_lo}..{found_hi} lie outside the {bits} bits stored "
+                         f"({lo}..{hi}); the file is inconsistent")
+
+
 def read_dicom(path: Path) -> Mammogram:
     """Read a single-frame greyscale DICOM image, display-ready (LUTs applied, bright = dense)."""
     path = find_instance(path)
@@ -54,6 +67,7 @@ def read_dicom(path: Path) -> Mammogram:
         raise InputError(f"{path}: cannot decode DICOM pixel data ({e})") from e
     if raw.ndim != 2:
         raise InputError(f"{path}: expected a 2D image, got pixel array of shape {raw.shape}")
+    check_bits_stored(path, raw, ds)
     values = apply_modality_lut(raw, ds)
     if np.issubdtype(values.dtype, np.floating) and np.array_equal(values, np.round(values)):
         values = values.astype(np.int32)  # a LUT indexes integers; an identity rescale made them float

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 from typing import Any
 
@@ -37,6 +38,7 @@ from mammolabel.transforms import LoadMammogramd
 logger = logging.getLogger("mammolabel")
 
 LOCK_SECONDS = 600
+_PICK_LOCK = threading.Lock()
 
 
 class MammoStrategy(Strategy):
@@ -51,10 +53,14 @@ class MammoStrategy(Strategy):
         raise NotImplementedError
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any] | None:
+        with _PICK_LOCK:  # two annotators asking at once must not both get the same free image
+            return self._pick(request, datastore)
+
+    def _pick(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any] | None:
         client = str(request.get("client_id") or "anonymous")
         now = time.time()
         free = []
-        for rec in collect_labels(datastore).images:
+        for rec in collect_labels(datastore, image_paths=False).images:
             lock = datastore.get_image_info(rec.image_id).get("lock") or {}
             held = lock.get("client_id") not in (None, client) and now - float(lock.get("ts", 0)) < self.lock_seconds
             if "mask" not in rec.kinds and not held:
@@ -62,6 +68,7 @@ class MammoStrategy(Strategy):
         if not free:
             return None
         image_id, reason = self.choose(free, request, datastore)
+        datastore.get_image_uri(image_id)  # a DICOMweb datastore fetches (and indexes) the picked image only
         datastore.update_image_info(image_id, {"lock": {"client_id": client, "ts": now,
                                                         "strategy": request.get("strategy")}})
         logger.info(f"{request.get('strategy')}: {image_id} for {client} ({reason})")

@@ -21,7 +21,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from mammolabel.data.labels import ImageLabels
 from mammolabel.engines.checkpoint import load_checkpoint
-from mammolabel.errors import ModelNotTrainedError
+from mammolabel.errors import MammoLabelError, ModelNotTrainedError
 from mammolabel.io import boxes_from_canonical, from_canonical, points_from_canonical, write_labelmap
 from mammolabel.transforms import LoadMammogramd
 
@@ -195,6 +195,10 @@ class MammoInferTask(BasicInferTask):
             "boxes": pred.boxes,
         }
         if self.dicom_sink is not None and meta.get("format") == "dicom":
-            result["dicom"] = self.dicom_sink.store_results(self.name, dict(self.labels), pred, meta)
+            try:
+                result["dicom"] = self.dicom_sink.store_results(self.name, dict(self.labels), pred, meta)
+            except MammoLabelError as e:  # the PACS refused or is down: the result itself still goes back
+                logger.warning(f"{self.name}: DICOM results not stored ({e})")
+                result["dicom"] = {"stored": False, "reason": str(e)}
         data["restored"] = pred
         return path, result

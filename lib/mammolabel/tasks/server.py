@@ -4,7 +4,9 @@
 - :class:`RequestGuard` refuses form parameters that are not a JSON object (before MONAI Label
   trips over them), refuses oversized uploads, and bounds inference concurrency: requests beyond
   ``MAMMOLABEL_MAX_CONCURRENT_INFER`` wait in a queue of at most ``MAMMOLABEL_MAX_QUEUED_INFER``;
-  past that the answer is 429 (busy, retry) rather than unbounded memory.
+  past that the answer is 429 (busy, retry) rather than unbounded memory. Without authentication it
+  also refuses to replace or delete a model file over HTTP (``PUT``/``DELETE /model/<name>``), so no
+  anonymous request writes outside the datastore; ``MAMMOLABEL_ALLOW_MODEL_UPLOAD=true`` allows it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException, MONAILabelError
 from monailabel.interfaces.exception import MONAILabelException
+from monailabel.config import settings
 
 from mammolabel.errors import MammoLabelError
 
@@ -58,13 +61,17 @@ class RequestGuard:
     FORM_FIELDS = ("params", "info")
 
     def __init__(self, app: ASGIApp, known: dict[str, set[str]] | None = None, max_concurrent: int = 2,
-                 max_queued: int = 100, max_upload_mb: int = 1024):
+                 max_queued: int = 100, max_upload_mb: int = 1024, model_writes: bool = False):
         self.app, self.max_queued, self.max_upload = app, max_queued, max_upload_mb * 1024 * 1024
-        self.known = known or {}
+        self.known, self.model_writes = known or {}, model_writes
         self.slots = asyncio.Semaphore(max_concurrent)
         self.waiting = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope["method"] in ("PUT", "DELETE") and scope["path"].startswith("/model/")
+                and not self.model_writes):
+            return await self._answer(scope, send, 403, "replacing or deleting a model over HTTP needs authentication "
+                                      "(MONAI_LABEL_AUTH_ENABLE); copy the checkpoint into the server's model folder")
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
             return await self.app(scope, receive, send)
         unknown = self._unknown_name(scope["path"])
@@ -166,4 +173,6 @@ def install_error_handlers(app: FastAPI, known: dict[str, set[str]]) -> None:
         max_concurrent=_env_int("MAMMOLABEL_MAX_CONCURRENT_INFER", 2),
         max_queued=_env_int("MAMMOLABEL_MAX_QUEUED_INFER", 100),
         max_upload_mb=_env_int("MAMMOLABEL_MAX_UPLOAD_MB", 1024),
+        model_writes=settings.MONAI_LABEL_AUTH_ENABLE
+        or os.environ.get("MAMMOLABEL_ALLOW_MODEL_UPLOAD", "").lower() in ("1", "true", "yes"),
     )
