@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -102,3 +103,16 @@ def test_options_from_strings(value, default, expected):
 def test_bad_option_values_are_clear_errors(value, default):
     with pytest.raises(InputError, match="option 'k'"):
         coerce("k", value, default)
+
+
+def test_atomic_writes_get_the_usual_permissions_and_keep_an_existing_files(tmp_path):
+    from mammolabel.io import write_bytes_atomic
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_bytes_atomic(tmp_path / "new.json", b"{}")
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    (tmp_path / "shared.json").write_bytes(b"")
+    os.chmod(tmp_path / "shared.json", 0o640)
+    write_bytes_atomic(tmp_path / "shared.json", b"{}")
+    assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o640

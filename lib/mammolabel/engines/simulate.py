@@ -100,7 +100,8 @@ def simulate_active_learning(
     with atomic_path(out_dir / "simulate_al.json", suffix=".json") as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2))
     held = sorted({v["held_out"] for v in sizes.values()})
-    title = f"{infer_task}: held-out Dice vs masks\n({len(seeds)} seed(s), {'-'.join(map(str, held))} images held out)"
+    held_text = str(held[0]) if len(held) == 1 else f"{held[0]}-{held[-1]}"
+    title = f"{infer_task}: held-out Dice vs masks\n({len(seeds)} seed(s), {held_text} images held out each)"
     _plot(out_dir / "simulate_al.png", curves, runs, title)
     return result
 

@@ -12,6 +12,10 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+# mkstemp creates files readable by their owner only; a finished file gets the usual permissions.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 # ".<dest name>.<8 random characters of mkstemp>.tmp<suffixes>", as atomic_path names its files.
 _TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^/]*)?$")
 
@@ -32,6 +36,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~_UMASK)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
