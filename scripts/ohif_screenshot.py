@@ -32,9 +32,12 @@ THUMBNAILS_JS = f"""
 {THUMBNAILS}.map(e => {{ const r = e.getBoundingClientRect();
                         return {{text: e.innerText, x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})
 """
-# In the page: scroll thumbnail number %d into view and return its centre again.
-SCROLL_TO_JS = f"""
-(() => {{ const e = {THUMBNAILS}[%d]; e.scrollIntoView({{block: "center"}});
+# In the page: scroll the last SR thumbnail whose text holds %s (a JSON string) into view and return its
+# centre, or null while OHIF (which re-renders the study browser as series arrive) does not show it.
+SCROLL_TO_REPORT_JS = f"""
+(() => {{ const found = {THUMBNAILS}.filter(e => e.innerText.startsWith("SR") && e.innerText.includes(%s));
+          if (!found.length) return null;
+          const e = found[found.length - 1]; e.scrollIntoView({{block: "center"}});
           const r = e.getBoundingClientRect(); return {{x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})()
 """
 # In the page: the texts OHIF drew over the image (SR measurement labels), once it drew some shapes.
@@ -128,7 +131,8 @@ async def capture(port: int, url: str, report: str, out: Path, size: tuple[int, 
             await wait_for(cdp, IMAGE_SHOWN_JS, timeout_s, "the first image")
             out.parent.mkdir(parents=True, exist_ok=True)
             for attempt in range(1, 4):  # a double-click while OHIF is still busy may be lost: try again
-                where = await cdp.evaluate(SCROLL_TO_JS % reports[-1])
+                where = await wait_for(cdp, SCROLL_TO_REPORT_JS % json.dumps(report), timeout_s / 3,
+                                       "the SR series thumbnail")
                 await cdp.double_click(where["x"], where["y"])
                 try:
                     labels = await wait_for(cdp, SR_DRAWN_JS, timeout_s / 3, "the SR regions over the image")

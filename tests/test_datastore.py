@@ -151,3 +151,13 @@ def test_split_of_a_few_patients_still_validates(phantom_dir):
     assert len({r.patient_id for r in val}) == 1 and {r.finding for r in val} == {"normal"}
     assert {r.finding for r in train} == {"malignant", "benign", "normal"}
     assert split_by_patient(records, 0.1, seed=0)[1] == []  # 0.4 patient rounds to none
+
+
+def test_a_bad_finding_in_image_info_is_skipped_and_counted(phantom_copy):
+    store = MammoDatastore(phantom_copy)
+    store.remove_label("phantom_003", "finding")
+    store.update_image_info("phantom_003", {"finding": "suspicious"})  # image info is free-form
+    inventory = collect_labels(store)
+    rec = next(r for r in inventory.images if r.image_id == "phantom_003")
+    assert inventory.counts["invalid_finding"] == 1 and len(inventory.images) == 12
+    assert rec.finding is None and rec.mask_path  # its other labels still count

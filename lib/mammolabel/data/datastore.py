@@ -172,7 +172,11 @@ def collect_labels(datastore: Datastore, image_paths: bool = True) -> LabelInven
         )
         finding_info = datastore.get_label_info(image_id, TAG_FINDING) if TAG_FINDING in tags else {}
         finding = finding_info.get("finding") or info.get("finding")
-        rec.finding = check_finding(finding) if finding else None
+        try:
+            rec.finding = check_finding(finding) if finding else None
+        except InputError as e:  # image info is not validated on update: skip its finding, keep the rest
+            logger.warning(f"image '{image_id}': finding ignored ({e})")
+            counts["invalid_finding"] += 1
         rec.lesion_types = list(finding_info.get("lesion_types") or info.get("lesion_types") or [])
         rec.radii = [float(r) for r in finding_info.get("radii") or []]
         if TAG_BOX in tags:

@@ -21,7 +21,7 @@ import torch
 
 from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.engines.progress import Progress, format_seconds
-from mammolabel.io import atomic_path
+from mammolabel.io import atomic_path, remove_stale_temps
 
 logger = logging.getLogger("mammolabel")
 
@@ -129,6 +129,7 @@ def fit(
         meta: plain values stored in every checkpoint (network config, label report...).
     """
     out = Path(out)
+    remove_stale_temps(out.parent, [out.name, last_path(out).name, stats_path(out).name])  # left by a kill
     device = resolve_device(options.device)
     on_gpu = device.type == "cuda"
     model.to(device)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -49,12 +50,17 @@ def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
     """Delete the temporary files that writes interrupted by a crash (kill -9) left under ``folder``.
 
-    Call it only while no writer is active there (e.g. under the folder's lock); returns what it removed.
+    With ``names``, only those of these destination files directly in ``folder``. Call it only while no
+    writer of them is active (e.g. under the folder's lock); returns what it removed.
     """
-    removed = [p for p in Path(folder).rglob(".*.tmp*") if p.is_file() and _TEMP_NAME.match(p.name)]
+    if names is None:
+        found = Path(folder).rglob(".*.tmp*")
+    else:
+        found = (p for name in names for p in Path(folder).glob(f".{glob.escape(name)}.*.tmp*"))
+    removed = [p for p in found if p.is_file() and _TEMP_NAME.match(p.name)]
     for path in removed:
         path.unlink(missing_ok=True)
         logger.warning(f"removed {path}, left by an interrupted write")
