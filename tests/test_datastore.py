@@ -118,7 +118,9 @@ def test_replacing_a_label_with_another_format_leaves_one_file(phantom_copy, tmp
 def test_opening_removes_only_the_temporary_files_of_interrupted_writes(phantom_copy):
     stale = [phantom_copy / "labels" / "box" / ".phantom_001.nrrd.ab_9xy2z.tmp.nrrd",
              phantom_copy / ".datastore_v2.json.q1w2e3r4.tmp.json"]
-    kept = [phantom_copy / "labels" / "final" / ".notes.tmp", phantom_copy / "labels" / "final" / "phantom_001.tmp.png"]
+    kept = [phantom_copy / "labels" / "final" / ".notes.tmp", phantom_copy / "labels" / "final" / "phantom_001.tmp.png",
+            phantom_copy / "truth" / ".phantom_001.nrrd.ab_9xy2z.tmp.nrrd",  # another writer's folder
+            phantom_copy / ".notes.v2_final.tmp"]
     for path in stale + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")
@@ -153,11 +155,10 @@ def test_split_of_a_few_patients_still_validates(phantom_dir):
     assert split_by_patient(records, 0.1, seed=0)[1] == []  # 0.4 patient rounds to none
 
 
-def test_a_bad_finding_in_image_info_is_skipped_and_counted(phantom_copy):
+def test_an_image_with_a_bad_finding_in_its_info_is_skipped_and_counted(phantom_copy):
     store = MammoDatastore(phantom_copy)
     store.remove_label("phantom_003", "finding")
     store.update_image_info("phantom_003", {"finding": "suspicious"})  # image info is free-form
     inventory = collect_labels(store)
-    rec = next(r for r in inventory.images if r.image_id == "phantom_003")
-    assert inventory.counts["invalid_finding"] == 1 and len(inventory.images) == 12
-    assert rec.finding is None and rec.mask_path  # its other labels still count
+    assert inventory.counts["invalid_finding"] == 1 and len(inventory.images) == 11
+    assert "phantom_003" not in {r.image_id for r in inventory.images}  # not trained as "no finding"

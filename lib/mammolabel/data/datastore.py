@@ -40,6 +40,7 @@ from mammolabel.io import atomic_path, read_label, read_mammogram, remove_stale_
 
 logger = logging.getLogger(__name__)
 
+DATASTORE_CONFIG = "datastore_v2.json"  # MONAI Label's index file name
 EXTENSIONS = ["*.png", "*.pgm", "*.dcm", "*.nii.gz", "*.nii", "*.nrrd"]
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -56,9 +57,12 @@ class MammoDatastore(LocalDatastore):
 
     def __init__(self, path: str | os.PathLike, auto_reload: bool = False, read_only: bool = False):
         if not read_only and Path(path).is_dir():
-            # Every writer holds the datastore lock while its temporary file exists, so any found here is stale.
+            # The index and the label folders are written only under the datastore lock: a temporary file
+            # found there while holding it is stale. Nothing else of the folder is touched.
             with FileLock(os.path.join(path, ".lock")):
-                remove_stale_temps(path)
+                remove_stale_temps(path, [DATASTORE_CONFIG])
+                for label_dir in (Path(path) / "labels").glob("*/"):
+                    remove_stale_temps(label_dir)
         super().__init__(str(path), extensions=EXTENSIONS, auto_reload=auto_reload, read_only=read_only)
 
     def _update_datastore_file(self, lock: bool = True) -> None:
@@ -174,9 +178,10 @@ def collect_labels(datastore: Datastore, image_paths: bool = True) -> LabelInven
         finding = finding_info.get("finding") or info.get("finding")
         try:
             rec.finding = check_finding(finding) if finding else None
-        except InputError as e:  # image info is not validated on update: skip its finding, keep the rest
-            logger.warning(f"image '{image_id}': finding ignored ({e})")
+        except InputError as e:  # image info is not validated on update: leave the image out of training
+            logger.warning(f"image '{image_id}' skipped: {e}")
             counts["invalid_finding"] += 1
+            continue
         rec.lesion_types = list(finding_info.get("lesion_types") or info.get("lesion_types") or [])
         rec.radii = [float(r) for r in finding_info.get("radii") or []]
         if TAG_BOX in tags:

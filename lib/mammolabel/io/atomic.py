@@ -13,12 +13,24 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+
+
+def _process_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 # mkstemp creates files readable by their owner only; a finished file gets the usual permissions.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+_UMASK = _process_umask()
 
 # ".<dest name>.<8 random characters of mkstemp>.tmp<suffixes>", as atomic_path names its files.
-_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^/]*)?$")
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^/]*)?$")
 
 
 @contextlib.contextmanager
@@ -37,7 +49,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~_UMASK)
+        with contextlib.suppress(OSError):  # some filesystems (FAT, exFAT) have no modes to set
+            os.chmod(tmp, dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~_UMASK)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -51,16 +64,13 @@ def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:
 
 
 def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
-    """Delete the temporary files that writes interrupted by a crash (kill -9) left under ``folder``.
+    """Delete the temporary files that writes interrupted by a crash (kill -9) left directly in ``folder``.
 
-    With ``names``, only those of these destination files directly in ``folder``. Call it only while no
-    writer of them is active (e.g. under the folder's lock); returns what it removed.
+    With ``names``, only those of these destination files. Call it only while no writer of them is
+    active (e.g. under the folder's lock); returns what it removed.
     """
-    if names is None:
-        found = Path(folder).rglob(".*.tmp*")
-    else:
-        found = (p for name in names for p in Path(folder).glob(f".{glob.escape(name)}.*.tmp*"))
-    removed = [p for p in found if p.is_file() and _TEMP_NAME.match(p.name)]
+    patterns = [f".{glob.escape(name)}.*.tmp*" for name in names] if names is not None else [".*.tmp*"]
+    removed = [p for pattern in patterns for p in Path(folder).glob(pattern) if p.is_file() and _TEMP_NAME.match(p.name)]
     for path in removed:
         path.unlink(missing_ok=True)
         logger.warning(f"removed {path}, left by an interrupted write")

@@ -32,14 +32,17 @@ def find_instance(path: Path) -> Path:
 
 
 def check_bits_stored(path: Path, raw: np.ndarray, ds: Dataset) -> None:
-    """Refuse stored values outside the range of BitsStored (e.g. 65535 in a 12-bit image)."""
+    """Refuse unsigned stored values above the range of BitsStored (e.g. 65535 in a 12-bit image).
+
+    Signed data is not checked: pydicom returns it without sign extension of the unused high bits.
+    """
     bits = int(ds.get("BitsStored", 0) or 0)
-    if not np.issubdtype(raw.dtype, np.integer) or not 0 < bits < raw.dtype.itemsize * 8:
-        return
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if signed or not np.issubdtype(raw.dtype, np.integer) or not 0 < bits < raw.dtype.itemsize * 8:
+        return
+    lo, hi = 0, (1 << bits) - 1
     found_lo, found_hi = int(raw.min()), int(raw.max())
-    if found_lo < lo or found_hi > hi:
+    if found_hi > hi:
         raise InputError(f"{path}: pixel values {found_lo}..{found_hi} lie outside the {bits} bits stored "
                          f"({lo}..{hi}); the file is inconsistent")
 
