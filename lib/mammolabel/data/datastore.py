@@ -40,7 +40,6 @@ from mammolabel.io import atomic_path, read_label, read_mammogram, remove_stale_
 
 logger = logging.getLogger(__name__)
 
-DATASTORE_CONFIG = "datastore_v2.json"  # MONAI Label's index file name
 EXTENSIONS = ["*.png", "*.pgm", "*.dcm", "*.nii.gz", "*.nii", "*.nrrd"]
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -56,14 +55,18 @@ class MammoDatastore(LocalDatastore):
     """Local datastore for mammograms with validated and atomic saves (see module docstring)."""
 
     def __init__(self, path: str | os.PathLike, auto_reload: bool = False, read_only: bool = False):
-        if not read_only and Path(path).is_dir():
-            # The index and the label folders are written only under the datastore lock: a temporary file
-            # found there while holding it is stale. Nothing else of the folder is touched.
-            with FileLock(os.path.join(path, ".lock")):
-                remove_stale_temps(path, [DATASTORE_CONFIG])
-                for label_dir in (Path(path) / "labels").glob("*/"):
-                    remove_stale_temps(label_dir)
         super().__init__(str(path), extensions=EXTENSIONS, auto_reload=auto_reload, read_only=read_only)
+        if not read_only:
+            self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        """The index and the label folders are written only under the datastore lock: a temporary file
+        found there while holding it is stale. Nothing else of the folder is touched."""
+        index = Path(self._datastore_config_path)
+        with FileLock(self._lock_file):
+            remove_stale_temps(index.parent, [index.name])
+            for label_dir in (Path(self._datastore_path) / self._datastore.labels_dir).glob("*/"):
+                remove_stale_temps(label_dir)
 
     def _update_datastore_file(self, lock: bool = True) -> None:
         def write() -> None:

@@ -82,14 +82,26 @@ def last_path(out: Path) -> Path:
     return out.with_name(out.stem + ".last.pt")
 
 
+# Options that may change between a run and its resumption.
+RESUMABLE_OPTIONS = ("epochs", "resume", "device")
+
+
+def _resume_view(ckpt: dict[str, Any], key: str) -> Any:
+    value = ckpt.get(key)
+    if key == "options" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in RESUMABLE_OPTIONS}
+    return value
+
+
 def discard_stale_resume(out: Path, meta: dict[str, Any], keys: tuple[str, ...]) -> None:
     """Remove ``<out>.last.pt`` when it was written with other ``keys`` than ``meta``'s: resuming it would
-    continue another model (other layers, head, input size or training images)."""
+    continue another model (other layers, head, input size or training images). ``options`` are compared
+    without :data:`RESUMABLE_OPTIONS`."""
     path = last_path(out)
     if not path.exists():
         return
     previous = load_checkpoint(path)
-    changed = [k for k in keys if previous.get(k) != meta.get(k)]
+    changed = [k for k in keys if _resume_view(previous, k) != _resume_view(meta, k)]
     if changed:
         logger.warning(f"{path} was written with another {', '.join(changed)}; starting afresh")
         path.unlink()

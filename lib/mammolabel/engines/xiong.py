@@ -324,9 +324,8 @@ def train_hybrid(inventory: LabelInventory, values: dict[str, Any], out: str | P
         "val_images": sorted(r.image_id for r in val),
         "strong_images": sorted(i for i, role in plan.roles.items() if role == STRONG),
     }
-    meta["signature"] = {k: v for k, v in asdict(options).items() if k not in ("epochs", "resume", "device")}
     if options.resume:
-        discard_stale_resume(Path(out), meta, ("network", "input", "signature", "strong_images", "val_images"))
+        discard_stale_resume(Path(out), meta, ("network", "input", "options", "strong_images", "val_images"))
     fit_options = FitOptions(epochs=options.epochs, device=options.device, resume=options.resume)
     metric = "dice" if len(val_set) else "epoch_seen"
     result = fit(model, optimizer, batches, steps, step, validate, metric, out, fit_options, meta=meta,

@@ -40,11 +40,10 @@ def check_bits_stored(path: Path, raw: np.ndarray, ds: Dataset) -> None:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     if signed or not np.issubdtype(raw.dtype, np.integer) or not 0 < bits < raw.dtype.itemsize * 8:
         return
-    lo, hi = 0, (1 << bits) - 1
-    found_lo, found_hi = int(raw.min()), int(raw.max())
-    if found_hi > hi:
-        raise InputError(f"{path}: pixel values {found_lo}..{found_hi} lie outside the {bits} bits stored "
-                         f"({lo}..{hi}); the file is inconsistent")
+    highest, found = (1 << bits) - 1, int(raw.max())
+    if found > highest:
+        raise InputError(f"{path}: pixel value {found} exceeds the {bits} bits stored (at most {highest}); "
+                         "the file is inconsistent")
 
 
 def read_dicom(path: Path) -> Mammogram:
