@@ -35,7 +35,7 @@ THUMBNAILS_JS = f"""
 # In the page: scroll the last SR thumbnail whose text holds %s (a JSON string) into view and return its
 # centre, or null while OHIF (which re-renders the study browser as series arrive) does not show it.
 SCROLL_TO_REPORT_JS = f"""
-(() => {{ const found = {THUMBNAILS}.filter(e => e.innerText.startsWith("SR") && e.innerText.includes(%s));
+(() => {{ const found = {THUMBNAILS}.filter(e => /(^|\s)SR(\s|$)/.test(e.innerText) && e.innerText.includes(%s));
           if (!found.length) return null;
           const e = found[found.length - 1]; e.scrollIntoView({{block: "center"}});
           const r = e.getBoundingClientRect(); return {{x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})()
@@ -131,10 +131,14 @@ async def capture(port: int, url: str, report: str, out: Path, size: tuple[int, 
             await wait_for(cdp, IMAGE_SHOWN_JS, timeout_s, "the first image")
             out.parent.mkdir(parents=True, exist_ok=True)
             for attempt in range(1, 4):  # a double-click while OHIF is still busy may be lost: try again
-                where = await wait_for(cdp, SCROLL_TO_REPORT_JS % json.dumps(report), timeout_s / 3,
-                                       "the SR series thumbnail")
-                await cdp.double_click(where["x"], where["y"])
                 try:
+                    if attempt > 1:  # OHIF may also have crashed on the study's SEG (blank page): reload it
+                        await cdp.send("Page.navigate", url=url)
+                        await wait_for(cdp, IMAGE_SHOWN_JS, timeout_s / 3, "the first image")
+                        await cdp.evaluate(DISMISS_BANNER_JS)
+                    where = await wait_for(cdp, SCROLL_TO_REPORT_JS % json.dumps(report), timeout_s / 3,
+                                           "the SR series thumbnail")
+                    await cdp.double_click(where["x"], where["y"])
                     labels = await wait_for(cdp, SR_DRAWN_JS, timeout_s / 3, "the SR regions over the image")
                     break
                 except TimeoutError:
