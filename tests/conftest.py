@@ -43,13 +43,15 @@ def server(tmp_path_factory):
     """The real ``monailabel start_server`` over its own phantom studies, all models, a temp model folder.
 
     Tests that need a trained task write a checkpoint into ``server.model_dir`` (tasks read it on use).
+    The shipped checkpoints are switched off (``checkpoints none``) so that the untrained path stays
+    tested; tests/test_zoo_server.py serves them.
     """
     base = tmp_path_factory.mktemp("server")
     studies = base / "studies"
     write_phantom_study(studies, n=8, seed=1, dicom=False)
     model_dir = base / "model"
     model_dir.mkdir()
-    conf = {"models": "all", "model_dir": str(model_dir)}
+    conf = {"models": "all", "model_dir": str(model_dir), "checkpoints": "none"}
     # Scoring runs when a test asks for it, not after every next-sample call (MONAI Label's default).
     env = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
     with ServerProcess(studies, conf=conf, log_path=base / "server.log", env=env) as srv:

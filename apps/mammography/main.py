@@ -2,7 +2,10 @@
 
 Each ``lib/configs/<model>.py`` holds one ``TaskConfig``; ``--conf models all`` (the default) or a
 comma-separated list picks which are served; ``--conf model_dir DIR`` moves the checkpoints folder
-(default ``model/`` in this app). The work itself lives in the ``mammolabel`` library.
+(default ``model/`` in this app). A task without a site-trained checkpoint in that folder answers
+with the shipped one that matches the data (``models/``: ``demo`` for the phantoms, ``mias`` for
+anything else); ``--conf checkpoints demo|mias|none`` overrides. The work itself lives in the
+``mammolabel`` library.
 ``--studies http(s)://.../dicom-web`` serves the mammograms (DICOM MG) of a DICOMweb server and stores
 every result back there as DICOM SEG, heatmap Secondary Capture and Structured Report.
 """
@@ -37,6 +40,7 @@ from mammolabel.tasks.activelearning import (
 )
 from mammolabel.tasks.infer import MammoInferTask
 from mammolabel.tasks.server import install_error_handlers
+from mammolabel.zoo import choose_kind
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,9 @@ logger = logging.getLogger(__name__)
 class MammoLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         self.model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
+        conf = {**conf, "checkpoints": choose_kind(conf.get("checkpoints"), studies)}
+        logger.info(f"+++ MammoLabel shipped checkpoints: {conf['checkpoints']} (site-trained ones in {self.model_dir} "
+                    "take precedence)")
         configs = {c.split(".")[-2].lower(): c for c in get_class_names(lib.configs, "TaskConfig")}
         wanted = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
         unknown = [m for m in wanted if m != "all" and m not in configs]

@@ -1,4 +1,4 @@
-"""The ``mammolabel`` command: make-phantoms, import-mias, train, infer, evaluate, simulate-al, benchmark.
+"""The ``mammolabel`` command: phantoms, imports, train, train-zoo, infer, evaluate, simulate-al, benchmark.
 
 Errors a user can fix (bad file, unknown task, missing checkpoint) print one line and exit 2.
 """
@@ -113,6 +113,12 @@ def _benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return run_benchmarks(args.out, device=args.device, tasks=args.task, quick=args.quick, threads=args.threads)
 
 
+def _train_zoo(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.evaluation.train_zoo import train_zoo
+
+    return train_zoo(args.out, kinds=tuple(args.kind or ("demo", "mias")), tasks=tuple(args.task or ()))
+
+
 def _simulate_al(args: argparse.Namespace) -> dict[str, Any]:
     from mammolabel.engines.simulate import simulate_active_learning
 
@@ -181,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, action="append", help="repeatable: one loop per seed, plotted with their mean")
     s.add_argument("--set", type=_key_value, action="append", metavar="KEY=VALUE", help="train task option")
     s.set_defaults(func=_simulate_al)
+
+    s = sub.add_parser("train-zoo", help="retrain the shipped checkpoints (models/) from scratch, with their cards")
+    s.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "models")
+    s.add_argument("--kind", action="append", choices=("demo", "mias"), help="repeatable (default: both)")
+    s.add_argument("--task", action="append", help="only these infer tasks (repeatable)")
+    s.set_defaults(func=_train_zoo)
 
     s = sub.add_parser("benchmark", help="latency, memory and FLOPs of the tasks; writes benchmark.json")
     s.add_argument("--out", required=True, type=Path)

@@ -3,16 +3,19 @@
 It moves batches to the device (channels_last and bfloat16 autocast on a GPU), logs progress
 with an ETA, validates every epoch, keeps the best checkpoint at ``out`` and the latest at
 ``out.last.pt`` (both written atomically, with the optimizer state for resuming), and resumes
-from ``out.last.pt`` when it exists.
+from ``out.last.pt`` when it exists. A run that does not resume starts from the weights of
+:func:`initialised_from`'s checkpoint where they fit (fine-tuning a shipped or site-trained model).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,34 @@ def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -
     return batch
 
 
+_INITIAL_WEIGHTS: contextvars.ContextVar[Path | None] = contextvars.ContextVar("initial_weights", default=None)
+#: A training estimated to take longer than this says so at its start.
+LONG_TRAINING_S = 3600.0
+
+
+@contextlib.contextmanager
+def initialised_from(path: Path | None) -> Iterator[None]:
+    """Every :func:`fit` inside starts (when not resuming) from ``path``'s weights where they fit."""
+    token = _INITIAL_WEIGHTS.set(path)
+    try:
+        yield
+    finally:
+        _INITIAL_WEIGHTS.reset(token)
+
+
+def load_matching(model: torch.nn.Module, path: Path) -> int:
+    """Copy ``path``'s weights into the trainable modules of ``model`` when every one of their tensors is
+    there with the same shape (another preset or input size: nothing is copied). Frozen modules keep their
+    weights (e.g. the Holistic model an Attention stage builds on). Returns the number of tensors copied."""
+    trainable = {name.rpartition(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    wanted = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] in trainable}
+    stored = load_checkpoint(path)["model"]
+    if not wanted or any(k not in stored or stored[k].shape != v.shape for k, v in wanted.items()):
+        return 0
+    model.load_state_dict({k: stored[k] for k in wanted}, strict=False)
+    return len(wanted)
+
+
 def last_path(out: Path) -> Path:
     return out.with_name(out.stem + ".last.pt")
 
@@ -114,6 +145,16 @@ def stats_path(out: Path) -> Path:
 def write_stats(out: Path, stats: dict[str, Any]) -> None:
     with atomic_path(stats_path(out), suffix=".json") as tmp:
         Path(tmp).write_text(json.dumps(stats, indent=2, default=str))
+
+
+def _warn_if_long(desc: str, elapsed: float, steps: int, remaining_steps: int) -> None:
+    """Log the expected duration of a stage after its first steps; a warning when it is over an hour."""
+    expected = elapsed / steps * remaining_steps
+    if expected > LONG_TRAINING_S:
+        logger.warning(f"{desc}: this training will take about {format_seconds(expected)} on this machine "
+                       "(over an hour); the cpu preset is sized for this machine")
+    else:
+        logger.info(f"{desc}: expected to take about {format_seconds(expected)} (validation not included)")
 
 
 def fit(
@@ -162,6 +203,13 @@ def fit(
         best, best_epoch = float(ckpt.get("best_metric", -math.inf)), int(ckpt.get("best_epoch", -1))
         history = list(ckpt.get("history", []))
         logger.info(f"{desc}: resuming from {last_path(out)} at epoch {start_epoch + 1}")
+    elif _INITIAL_WEIGHTS.get() is not None:
+        init = _INITIAL_WEIGHTS.get()
+        copied = load_matching(model, init)
+        if copied:
+            logger.info(f"{desc}: starting from {init} ({copied} tensors)")
+        else:
+            logger.warning(f"{desc}: {init} does not fit this network (another preset or size); not used")
 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (on_gpu and options.amp) else None
     started = time.monotonic()
@@ -170,6 +218,8 @@ def fit(
         progress = Progress(steps_per_epoch, f"{desc} epoch {epoch + 1}/{options.epochs}", options.log_every_s)
         total, count = 0.0, 0
         for batch in batches(epoch):
+            if epoch == start_epoch and count == 3:
+                _warn_if_long(desc, time.monotonic() - started, count, steps_per_epoch * (options.epochs - epoch))
             batch = to_device(batch, device, on_gpu and options.channels_last)
             optimizer.zero_grad(set_to_none=True)
             if amp is not None:
@@ -209,7 +259,8 @@ def fit(
             f"{desc} epoch {epoch + 1}/{options.epochs}: {shown} | best {metric}={best:.4g} "
             f"(epoch {best_epoch + 1}){' *saved*' if improved else ''} | ETA {format_seconds(eta)}"
         )
-        write_stats(out, {"epoch": epoch + 1, "epochs": options.epochs, "best_metric": best, "metric": metric,
-                          "best_epoch": best_epoch + 1, "history": history, "options": asdict(options), **meta})
+        write_stats(out, {"stage": desc, "epoch": epoch + 1, "epochs": options.epochs, "eta_s": round(eta),
+                          "latest": record, "best_metric": best, "metric": metric, "best_epoch": best_epoch + 1,
+                          "history": history, "options": asdict(options), **meta})
 
     return FitResult(str(out), best, best_epoch + 1, len(history), history)

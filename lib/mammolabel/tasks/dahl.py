@@ -148,10 +148,14 @@ class ClassifierTrain(MammoTrainTask):
     name = "train_classifier"
     checkpoint_name = "classification"
     defaults = asdict(DahlOptions())
+    #: ResNet-18 of width 16 at 256 x 256 (Holistic) and a 256 x 256 ROI at the film's resolution.
+    cpu_preset = {"depth": 18, "width": 16, "input_rows": 256, "input_cols": 256, "roi_size": 256, "roi_scale": 1.0,
+                  "batch_size": 8, "lr": 3e-4, "epochs": 15}
 
     def __init__(self, model_dir: str | Path, description: str = "Dahl et al. Holistic then Attention ResNet "
-                 "classifier from image-level findings", defaults: dict[str, Any] | None = None):
-        super().__init__(model_dir, description, defaults)
+                 "classifier from image-level findings",
+                 defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
+        super().__init__(model_dir, description, defaults, shipped)
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return train_classifier(inventory, options, out)

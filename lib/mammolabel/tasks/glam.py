@@ -240,10 +240,14 @@ class TrainGlam(MammoTrainTask):
     checkpoint_name = GlamSegmentationInfer.name
     defaults = {k: v for k, v in asdict(GlamOptions()).items()
                 if k not in ("epochs", "device", "val_fraction", "seed", "resume")}  # those five come from the base
+    #: 512 x 320 input, K = 3 patches of 96 x 96, local ResNet-18 of width 16.
+    cpu_preset = {"rows": 512, "cols": 320, "patch_size": 96, "local_width": 16, "local_depth": 18, "epochs": 12,
+                  "local_epochs": 6, "joint_epochs": 4, "batch_size": 8}
 
     def __init__(self, model_dir: str | Path, description: str = "Train GLAM (Liu et al.): global, local and joint "
-                 "stages from image-level findings", defaults: dict[str, Any] | None = None):
-        super().__init__(model_dir, description, defaults)
+                 "stages from image-level findings",
+                 defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
+        super().__init__(model_dir, description, defaults, shipped)
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return train_glam(inventory, GlamOptions.from_mapping(options), out)

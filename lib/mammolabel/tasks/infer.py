@@ -24,6 +24,7 @@ from mammolabel.engines.checkpoint import load_checkpoint
 from mammolabel.errors import MammoLabelError, ModelNotTrainedError
 from mammolabel.io import boxes_from_canonical, from_canonical, points_from_canonical, write_labelmap
 from mammolabel.transforms import LoadMammogramd
+from mammolabel.zoo import describe
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +139,18 @@ class MammoInferTask(BasicInferTask):
         if getattr(self, "_loaded", (None,))[0] != key:
             ckpt = load_checkpoint(path)
             network = self.build_network(ckpt)
-            network.load_state_dict(ckpt["model"])
+            network.load_state_dict(ckpt["model"])  # float16 storage is widened to the network's float32
             self._loaded = (key, network.to(device).eval(), ckpt)
         return self._loaded[1], self._loaded[2]
+
+    def checkpoint_info(self) -> dict[str, Any] | None:
+        """Which checkpoint answers (shipped demo/mias or site-trained), its date and preset; None without one."""
+        path = self.checkpoint()
+        if not self.train_task or not path or not os.path.exists(path):
+            return None
+        if getattr(self, "_described", (None,))[0] != (path, os.stat(path).st_mtime_ns):
+            self._described = ((path, os.stat(path).st_mtime_ns), describe(path, load_checkpoint(path)))
+        return self._described[1]
 
     # --- benchmark hooks (mammolabel benchmark) ------------------------------------------------
     @classmethod
@@ -157,8 +167,13 @@ class MammoInferTask(BasicInferTask):
         """Always listed, so that clients show the task; without a checkpoint it says what to train."""
         return True
 
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "checkpoint": self.checkpoint_info()}
+
     def checkpoint(self) -> str | None:
-        return self.get_path(validate=False)
+        """The checkpoint in use: the last of the task's paths that exists (site-trained over shipped), else the
+        last path (where the train task writes)."""
+        return self.get_path(validate=True) or self.get_path(validate=False)
 
     def __call__(self, request: dict[str, Any], callbacks: dict | None = None):
         if self.train_task and not (self.checkpoint() and os.path.exists(self.checkpoint())):
@@ -194,6 +209,8 @@ class MammoInferTask(BasicInferTask):
             "points": pred.points,
             "boxes": pred.boxes,
         }
+        if self.train_task:
+            result["checkpoint"] = self.checkpoint_info()
         if self.dicom_sink is not None and meta.get("format") == "dicom":
             try:
                 result["dicom"] = self.dicom_sink.store_results(self.name, dict(self.labels), pred, meta)

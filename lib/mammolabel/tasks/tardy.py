@@ -138,10 +138,12 @@ class PretrainReconstructionTrain(MammoTrainTask):
     name = PRETRAIN_STAGE
     checkpoint_name = PRETRAIN_STAGE
     defaults = {**NETWORK_DEFAULTS, "epochs": 20, "gamma_prob": 0.9, "paint_prob": 0.9, "inpaint_rate": 0.2}
+    cpu_preset = {"size": "256x160", "features": "8,16,32,64,128", "epochs": 10}
 
     def __init__(self, model_dir: str | Path, description: str = "Tardy & Mateus stage 1: restore corrupted normal/"
-                 "benign images (gamma, irregular in-painting, out-painting)", defaults: dict[str, Any] | None = None):
-        super().__init__(model_dir, description, defaults)
+                 "benign images (gamma, irregular in-painting, out-painting)",
+                 defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
+        super().__init__(model_dir, description, defaults, shipped)
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return pretrain_reconstruction(inventory, options, out)
@@ -154,10 +156,13 @@ class TrainDiscriminativeTrain(MammoTrainTask):
     checkpoint_name = CHECKPOINT
     defaults = {**NETWORK_DEFAULTS, "epochs": 40, "pretrained": "auto", "no_subtraction": False, "mse_weight": 1.0,
                 "threshold": "auto"}
+    #: 256 x 160 input, widths 8-16-32-64-128 (the stage-1 preset, so that its weights fit).
+    cpu_preset = {"size": "256x160", "features": "8,16,32,64,128", "epochs": 30}
 
     def __init__(self, model_dir: str | Path, description: str = "Tardy & Mateus stage 2: discriminative "
-                 "segmentation of malignant regions (masks in labels/final)", defaults: dict[str, Any] | None = None):
-        super().__init__(model_dir, description, defaults)
+                 "segmentation of malignant regions (masks in labels/final)",
+                 defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
+        super().__init__(model_dir, description, defaults, shipped)
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         if options["mse_weight"] < 0:

@@ -1,8 +1,11 @@
 """Base class of every MammoLabel train task, run by MONAI Label (``/train/<name>``) and the CLI.
 
-A task declares its ``name``, the checkpoint it writes and its options with defaults; it
-implements :meth:`run` on the datastore's :class:`LabelInventory`. Options arriving as strings
-(from 3D Slicer or the CLI) are converted to the type of their default.
+A task declares its ``name``, the checkpoint it writes, its options with defaults (the paper's
+configuration) and its ``presets``; it implements :meth:`run` on the datastore's
+:class:`LabelInventory`. Options arriving as strings (from 3D Slicer or the CLI) are converted to
+the type of their default. ``preset`` (``auto``: ``cpu`` without a GPU, ``paper`` with one) fills
+the options the request does not give; ``init`` (``auto``: the checkpoint the server answers with,
+site-trained or shipped) gives the starting weights, ``scratch`` none.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from mammolabel.data.datastore import LabelInventory, collect_labels
-from mammolabel.engines.loop import stats_path
+from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.engines.loop import initialised_from, stats_path
 from mammolabel.errors import InputError
+from mammolabel.zoo import stamp
 
 logger = logging.getLogger("mammolabel")
 
@@ -43,19 +49,34 @@ def coerce(name: str, value: Any, default: Any) -> Any:
         raise InputError(f"option '{name}': cannot use {value!r} as {type(default).__name__}") from e
 
 
+PRESETS = ("paper", "cpu")
+
+
+def auto_preset() -> tuple[str, str]:
+    """``cpu`` without a CUDA GPU, ``paper`` with one, and why."""
+    if torch.cuda.is_available():
+        return "paper", f"a CUDA GPU is present ({torch.cuda.get_device_name(0)})"
+    return "cpu", "no CUDA GPU is present"
+
+
 class MammoTrainTask(TrainTask):
-    """Train task base. Subclasses set ``name``, ``checkpoint_name`` and ``defaults`` and implement ``run``."""
+    """Train task base. Subclasses set ``name``, ``checkpoint_name``, ``defaults`` and ``cpu_preset``
+    (the options the ``cpu`` preset changes; ``paper`` is the defaults) and implement ``run``."""
 
     name: str = ""
     checkpoint_name: str = ""  # file stem in the model folder, usually the infer task's name
     defaults: dict[str, Any] = {}
+    cpu_preset: dict[str, Any] = {}
 
-    def __init__(self, model_dir: str | Path, description: str, defaults: dict[str, Any] | None = None):
+    def __init__(self, model_dir: str | Path, description: str, defaults: dict[str, Any] | None = None,
+                 shipped: str | Path | None = None):
         super().__init__(description)
         self.model_dir = Path(model_dir)
+        self.shipped = Path(shipped) if shipped else None
         self._defaults = {"epochs": 10, "device": "auto", "val_fraction": 0.2, "seed": 0, "resume": True}
         self._defaults.update(self.defaults)
         self._defaults.update(defaults or {})
+        self._defaults.update(preset="auto", init="auto")
 
     @property
     def path(self) -> Path:
@@ -65,15 +86,40 @@ class MammoTrainTask(TrainTask):
     def config(self) -> dict[str, Any]:
         return dict(self._defaults)
 
+    def presets(self) -> dict[str, dict[str, Any]]:
+        """Each preset's option values: ``paper`` (the defaults) and ``cpu``."""
+        return {"paper": {}, "cpu": dict(self.cpu_preset)}
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "presets": self.presets(), "auto_preset": auto_preset()[0]}
+
     def options(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Defaults updated with the request's known keys, each converted to its default's type."""
-        opts = dict(self._defaults)
+        """Defaults, then the preset's values, then the request's known keys, each converted to its default's type."""
+        preset = str(request.get("preset") or "auto").strip().lower()
+        if preset == "auto":
+            preset, why = auto_preset()
+            logger.info(f"{self.name}: preset '{preset}' because {why}")
+        if preset not in PRESETS:
+            raise InputError(f"option 'preset': unknown preset {preset!r}; known: auto, {', '.join(PRESETS)}")
+        opts = {**self._defaults, **self.presets()[preset], "preset": preset}
         for key, value in request.items():
-            if key in opts:
+            if key in opts and key != "preset":
                 opts[key] = coerce(key, value, self._defaults[key])
         if opts["epochs"] < 1:
             raise InputError("option 'epochs' must be at least 1")
         return opts
+
+    def initial_weights(self, init: str, out: Path) -> Path | None:
+        """The checkpoint training starts from: ``auto`` = the one the server answers with (the site-trained
+        checkpoint ``out`` if it exists, else the shipped one); ``scratch`` = none."""
+        init = str(init).strip().lower()
+        if init == "scratch":
+            return None
+        if init != "auto":
+            raise InputError(f"option 'init' must be auto (fine-tune the served checkpoint) or scratch; got {init!r}")
+        if out.is_file():
+            return out
+        return self.shipped if self.shipped and self.shipped.is_file() else None
 
     def stats(self) -> dict[str, Any]:
         path = stats_path(self.path)
@@ -83,8 +129,24 @@ class MammoTrainTask(TrainTask):
         opts = self.options(request)
         out = Path(request.get("checkpoint") or self.path)
         inventory = collect_labels(datastore)
-        logger.info(f"{self.name}: {len(inventory.images)} images; labels {dict(inventory.counts)}; options {opts}")
-        return self.run(inventory, opts, out)
+        return self.train(inventory, opts, out, getattr(datastore, "_datastore_path", None))
+
+    def train(self, inventory: LabelInventory, opts: dict[str, Any], out: Path, studies: str | None = None
+              ) -> dict[str, Any]:
+        """:meth:`run` from the initial weights ``opts['init']`` names; the checkpoint is stamped with the
+        preset, date and label counts (:func:`mammolabel.zoo.stamp`)."""
+        if self.shipped and out.resolve() == self.shipped.resolve():
+            raise InputError(f"{out} is a shipped checkpoint; train into the model folder instead")
+        start = self.initial_weights(opts["init"], out)
+        logger.info(f"{self.name}: {len(inventory.images)} images; labels {dict(inventory.counts)}; "
+                    f"starting from {start or 'random weights'}; options {opts}")
+        with initialised_from(start):
+            summary = self.run(inventory, opts, out)
+        if out.is_file():
+            ckpt = load_checkpoint(out)
+            ckpt = stamp(ckpt, self.name, opts["preset"], inventory.counts, studies)
+            save_checkpoint(out, ckpt.pop("model"), **ckpt, initialised_from=start.name if start else "scratch")
+        return {**summary, "preset": opts["preset"], "initialised_from": str(start) if start else "scratch"}
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         """Train on ``inventory`` and write the checkpoint to ``out``; return a summary."""

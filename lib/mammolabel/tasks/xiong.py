@@ -162,10 +162,12 @@ class TrainHybrid(MammoTrainTask):
     name = "train_hybrid"
     checkpoint_name = HybridSegmentationInfer.name
     defaults = {f.name: f.default for f in fields(HybridTrainOptions)}
+    #: 320 x 192 input, ResNet-34 encoder of width 16, 8 steps per epoch.
+    cpu_preset = {"rows": 320, "cols": 192, "width": 16, "steps_per_epoch": 8, "epochs": 40}
 
     def __init__(self, model_dir: str | Path, description: str = "Hybrid strong/weak segmentation (Xiong et al.)",
-                 defaults: dict[str, Any] | None = None):
-        super().__init__(model_dir, description, defaults)
+                 defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
+        super().__init__(model_dir, description, defaults, shipped)
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return train_hybrid(inventory, options, out)

@@ -1,0 +1,1 @@
+"""Evaluation above the tasks: shipped-model training (``train-zoo``), intervals and model cards."""

@@ -1,0 +1,100 @@
+"""Model cards ``models/<task>.md``, written from the records ``train-zoo`` leaves beside each checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mammolabel.engines.progress import format_seconds
+from mammolabel.zoo import KINDS
+
+PAPERS = {
+    "classification": "Dahl et al., holistic + attention ResNet classification with an ensemble "
+                      "(`../shared/papers/dahl-holistic-attention-classification.md`)",
+    "localization": "Liang et al., CAM + recursive self-training lesion localization "
+                    "(`../shared/papers/liang-cam-self-training-localization.md`)",
+    "discriminative_segmentation": "Tardy & Mateus, discriminative reconstruction (subtraction U-Net) "
+                                   "(`../shared/papers/tardy-discriminative-reconstruction-segmentation.md`)",
+    "hybrid_segmentation": "Xiong et al., hybrid strong/weak mass segmentation "
+                           "(`../shared/papers/xiong-hybrid-strong-weak-segmentation.md`)",
+    "glam_segmentation": "Liu et al., GLAM weakly-supervised high-resolution segmentation "
+                         "(`../shared/papers/liu-glam-weakly-supervised-segmentation.md`)",
+}
+FAILURE_MODES = {
+    "classification": "Random initialisation and a few hundred films: the saliency often follows the skin line "
+                      "or the pectoral muscle, so the ROI misses the lesion on many films.",
+    "localization": "Points follow the strongest CAM response, which on films is often dense tissue or the "
+                    "pectoral muscle; diffuse calcifications have no single point.",
+    "discriminative_segmentation": "Trained on malignant masks only: benign lesions may be marked, and on "
+                                   "normal films the threshold can still leave small regions.",
+    "hybrid_segmentation": "Marks pixels on most normal films (it is trained on lesion films); boxes are "
+                           "square-ish, so spiculated margins are not followed.",
+    "glam_segmentation": "Trained on findings only: the masks are coarse, patches can miss the lesion, and "
+                         "normal films often get segmented pixels.",
+}
+LICENCES = {
+    "demo": "generated phantoms (`mammolabel make-phantoms`, Apache-2.0 like this project)",
+    "mias": "mini-MIAS (Suckling et al., 1994): research use only, no redistribution for profit; see the "
+            "database's Licence.txt",
+}
+SHOWN = ("auc_normal_vs_abnormal", "auc_benign_vs_malignant", "lesions_found", "hit_rate", "dice_mean")
+
+
+def _figure(metrics: dict[str, Any], name: str) -> str:
+    if name not in metrics:
+        return "n/a"
+    value, ci = metrics[name]["value"], metrics[name]["ci95"]
+    return f"{value:.3f} ({ci[0]:.2f}-{ci[1]:.2f})" if ci else f"{value:.3f}"
+
+
+def _section(record: dict[str, Any]) -> list[str]:
+    metrics = record["metrics"]
+    options = ", ".join(f"{k}={v}" for k, v in sorted(record["options"].items()))
+    load = record["load_average"]
+    return [
+        f"## `{record['task']}.{record['kind']}.pt`",
+        "",
+        f"- Preset: `{record['preset']}` ({options}); train tasks {', '.join(record['train_tasks'])}, "
+        "from random weights, seed 0.",
+        f"- Data: {record['data']}. Labels used: {record['labels']}. Licence: {LICENCES[record['kind']]}.",
+        f"- Made by `{record['command']}`: {format_seconds(record['train_wall_s'])} of training on this "
+        f"2-core machine with {record['threads']} threads (load average {load[0]} at the start, {load[3]} at "
+        f"the end). Stored as {record['checkpoint']['storage']}, {record['checkpoint']['bytes'] / 1e6:.1f} MB.",
+        "",
+        f"Held-out figures ({metrics['films']} films, {metrics['lesion_films_scored']} with a located lesion; "
+        "95% patient-wise bootstrap intervals):",
+        "",
+        "| " + " | ".join(SHOWN) + " |",
+        "|" + "---|" * len(SHOWN),
+        "| " + " | ".join(_figure(metrics, name) for name in SHOWN) + " |",
+        "",
+    ]
+
+
+def write_card(out_dir: Path, task: str) -> Path:
+    """Write ``out_dir/<task>.md`` from the ``<task>.<kind>.json`` records present."""
+    records = [json.loads((out_dir / f"{task}.{kind}.json").read_text())
+               for kind in KINDS if (out_dir / f"{task}.{kind}.json").is_file()]
+    lines = [
+        f"# Model card: `{task}`",
+        "",
+        f"Method: {PAPERS[task]}. Reduced to the `cpu` preset (see `mammolabel train {records[0]['train_tasks'][-1]}`"
+        " and the README): no ImageNet initialisation, a few hundred films instead of the paper's data, a lower "
+        "resolution.",
+        "",
+        "**Intended use: research and trying the method on your own films. Not for clinical decisions.** "
+        "`demo` is for the sample phantoms only; `mias` is a starting point to fine-tune on a site's own labels "
+        "(`POST /train/<train task>` starts from it).",
+        "",
+        "The figures come from one held-out split of patients that neither training nor model selection saw "
+        "(`lesions_found`: share of located lesions the task's output lands on). They are development figures, "
+        "not a cross-validation.",
+        "",
+    ]
+    for record in records:
+        lines += _section(record)
+    lines += ["## Known failure modes", "", FAILURE_MODES[task], ""]
+    path = out_dir / f"{task}.md"
+    path.write_text("\n".join(lines))
+    return path
