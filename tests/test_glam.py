@@ -313,7 +313,8 @@ def test_bad_options_are_clear_errors(values, match):
 
 def test_train_task_options_from_strings(tmp_path):
     task = TrainGlam(tmp_path)
-    options = task.options({"rows": "256", "augment": "false", "beta": "0.1", "stage": "local", "unknown": 1})
+    options = task.options({"preset": "paper", "rows": "256", "augment": "false", "beta": "0.1", "stage": "local",
+                            "unknown": 1})
     assert options["rows"] == 256 and options["augment"] is False and options["beta"] == 0.1
     assert options["stage"] == "local" and "unknown" not in options and options["joint_epochs"] == 5
     with pytest.raises(InputError, match="rows"):

@@ -162,8 +162,8 @@ class TrainHybrid(MammoTrainTask):
     name = "train_hybrid"
     checkpoint_name = HybridSegmentationInfer.name
     defaults = {f.name: f.default for f in fields(HybridTrainOptions)}
-    #: 320 x 192 input, ResNet-34 encoder of width 16, 8 steps per epoch.
-    cpu_preset = {"rows": 320, "cols": 192, "width": 16, "steps_per_epoch": 8, "epochs": 40}
+    #: 320 x 192 input, ResNet-34 encoder of width 16.
+    cpu_preset = {"rows": 320, "cols": 192, "width": 16, "epochs": 40}
 
     def __init__(self, model_dir: str | Path, description: str = "Hybrid strong/weak segmentation (Xiong et al.)",
                  defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
