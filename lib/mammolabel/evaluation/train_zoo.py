@@ -65,7 +65,7 @@ KIND_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
              "glam_segmentation": {"epochs": 10, "local_epochs": 5, "joint_epochs": 3}},
     "mias": {"classification": {"epochs": 8}, "localization": {"epochs": 6, "self_training_epochs": 3},
              "discriminative_segmentation": {"pretrain_epochs": 6, "epochs": 15},
-             "hybrid_segmentation": {"epochs": 25},
+             "hybrid_segmentation": {"epochs": 10},
              "glam_segmentation": {"epochs": 6, "local_epochs": 3, "joint_epochs": 2}},
 }
 
