@@ -104,3 +104,39 @@ def test_bootstrap_intervals_resample_patients_and_contain_the_estimate():
 
     summary = interval_summary(rows, Inventory(), "hit")
     assert summary["hit_rate"]["value"] == round(20 / 30, 3) and summary["films"] == 30
+
+
+@pytest.mark.parametrize("task", NETWORK_TASKS)
+def test_float16_storage_leaves_the_results_unchanged(task, tmp_path, phantom_dir):
+    """Weights stored as float16 differ from the trained float32 ones by at most half a float16 step: the same
+    perturbation applied afresh must leave the labelmap (>= 99 % of pixels) and the probabilities (0.02) as they are."""
+    from mammolabel.engines.evaluate import run_task
+
+    shipped = [MODELS_DIR / f"{task}.{kind}.pt" for kind in ("demo", "mias")]
+    shipped = [p for p in shipped if load_checkpoint(p).get("storage") == "float16"]
+    if not shipped:
+        pytest.skip(f"{task}: its shipped checkpoints are stored as float32")
+    ckpt = load_checkpoint(shipped[0])
+    generator = torch.Generator().manual_seed(0)
+    noisy = {k: v.float() * (1 + (torch.rand(v.shape, generator=generator) - 0.5) * 2.0 ** -10)
+             if v.is_floating_point() else v for k, v in ckpt.pop("model").items()}
+    save_checkpoint(tmp_path / f"{task}.pt", noisy, **ckpt)
+    for image in ("phantom_000.png", "phantom_003.png"):
+        labelmaps, results = zip(*(run_task(infer_tasks()[task](path=str(p)), str(phantom_dir / image))
+                                   for p in (shipped[0], tmp_path / f"{task}.pt")))
+        assert (labelmaps[0] == labelmaps[1]).mean() >= 0.99
+        stored, perturbed = probabilities(results[0]), probabilities(results[1])
+        assert stored and stored.keys() == perturbed.keys()
+        assert all(abs(stored[k] - perturbed[k]) <= 0.02 for k in stored), (stored, perturbed)
+
+
+def probabilities(result: dict, prefix: str = "") -> dict[str, float]:
+    """Every number of a JSON result under a key that names a probability (nested dicts included)."""
+    found = {}
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found.update(probabilities(value, f"{name}."))
+        elif isinstance(value, float) and "probabilit" in name:
+            found[name] = value
+    return found
