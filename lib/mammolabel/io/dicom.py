@@ -13,6 +13,7 @@ from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from mammolabel.errors import InputError
+from mammolabel.io.dicom_checks import check_header
 from mammolabel.io.image import Mammogram, normalise
 
 #: Digital Mammography X-Ray Image Storage - For Presentation.
@@ -55,6 +56,7 @@ def read_dicom(path: Path) -> Mammogram:
         raise InputError(f"{path}: not a readable DICOM file ({e})") from e
     if "PixelData" not in ds:
         raise InputError(f"{path}: DICOM object has no pixel data (modality {ds.get('Modality', '?')})")
+    check_header(path, ds)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise InputError(f"{path}: multi-frame DICOM ({frames} frames, e.g. tomosynthesis) is not supported")

@@ -18,6 +18,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from mammolabel.data.datastore import LabelInventory, collect_labels
 from mammolabel.engines.loop import stats_path
 from mammolabel.errors import InputError
+from mammolabel.tasks.limits import check_limits
 
 logger = logging.getLogger("mammolabel")
 
@@ -73,6 +74,7 @@ class MammoTrainTask(TrainTask):
                 opts[key] = coerce(key, value, self._defaults[key])
         if opts["epochs"] < 1:
             raise InputError("option 'epochs' must be at least 1")
+        check_limits(opts)
         return opts
 
     def stats(self) -> dict[str, Any]:
