@@ -173,9 +173,7 @@ class MammoDatastore(LocalDatastore):
         with self._mutex:
             if image_id not in self._datastore.objects:
                 raise NotFoundError(f"image '{image_id}' is not in the datastore")
-            merged = check_info({**self._datastore.objects[image_id].image.info, **check_info(info, "image info")},
-                                "image info")
-            super().update_image_info(image_id, {k: merged[k] for k in (info or {})})
+            super().update_image_info(image_id, check_info(info, "image info"))
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         check_name(label_id, "image id")

@@ -79,20 +79,39 @@ def _route_like(route: APIRoute, endpoint: Callable) -> APIRoute:
                     include_in_schema=route.include_in_schema, response_class=route.response_class)
 
 
+def _routers(router: Any, prefix: str = "") -> list[tuple[Any, str]]:
+    """``router`` and every router included in it, each with the path prefix it is served under."""
+    found = [(router, prefix)]
+    for route in router.routes:
+        included = getattr(route, "original_router", None)  # FastAPI includes routers lazily
+        if included is not None:
+            found += _routers(included, prefix + route.include_context.prefix)
+    return found
+
+
+def _swap(app: FastAPI, pick: Callable[[APIRoute, str], Callable | None]) -> int:
+    """Replace each API route for which ``pick(route, full path)`` gives a new endpoint; return how many."""
+    swapped = 0
+    for router, prefix in _routers(app.router):
+        for i, route in enumerate(router.routes):
+            endpoint = pick(route, prefix + route.path) if isinstance(route, APIRoute) else None
+            if endpoint is not None:
+                router.routes[i] = _route_like(route, endpoint)
+                swapped += 1
+        if swapped and hasattr(router, "_mark_routes_changed"):
+            router._mark_routes_changed()
+    return swapped
+
+
 def offload(app: FastAPI) -> None:
     """Run every MONAI Label endpoint declared ``async`` in the worker pool."""
-    for i, route in enumerate(app.router.routes):
-        if (isinstance(route, APIRoute) and inspect.iscoroutinefunction(route.endpoint)
-                and route.endpoint.__module__.startswith("monailabel.endpoints")):
-            app.router.routes[i] = _route_like(route, _threaded(route.endpoint))
+    _swap(app, lambda route, _: _threaded(route.endpoint) if inspect.iscoroutinefunction(route.endpoint)
+          and route.endpoint.__module__.startswith("monailabel.endpoints") else None)
 
 
 def _replace(app: FastAPI, path: str, method: str, endpoint: Callable) -> None:
-    for i, route in enumerate(app.router.routes):
-        if isinstance(route, APIRoute) and route.path == path and method in route.methods:
-            app.router.routes[i] = _route_like(route, endpoint)
-            return
-    raise RuntimeError(f"MONAI Label has no route {method} {path}")
+    if not _swap(app, lambda route, full: endpoint if full == path and method in route.methods else None):
+        raise RuntimeError(f"MONAI Label has no route {method} {path}")
 
 
 def _params(text: str | None) -> dict[str, Any]:
