@@ -192,9 +192,9 @@ class MammoDatastore(LocalDatastore):
         check_name(label_tag, "label tag")
         if image_id not in self._datastore.objects:
             raise NotFoundError(f"image '{image_id}' is not in the datastore")
+        if label_tag == TAG_FINDING:  # checked once merged with the finding document
+            return self._save_finding(image_id, label_filename, dict(label_info or {}))
         info = check_info(label_info, "label info")
-        if label_tag == TAG_FINDING:
-            return self._save_finding(image_id, label_filename, info)
         mask = read_label(label_filename, self.image_shape(image_id))
         boxes = boxes_from_mask(mask)
         if label_tag == TAG_BOX and not boxes:
