@@ -38,16 +38,16 @@ def test_file_options_name_files_in_the_model_folder(tmp_path):
             model_file(bad, tmp_path, "checkpoint", must_exist=False)
     with pytest.raises(NotFoundError, match="no checkpoint 'gone.pt'"):
         model_file("gone", tmp_path, "init_encoder", must_exist=True)
-    opts = confine_train_options({"checkpoint": "run1", "pretrained": "auto", "init_encoder": "", "epochs": 3}, tmp_path)
-    assert opts == {"checkpoint": str(tmp_path / "run1.pt"), "pretrained": "auto", "init_encoder": "", "epochs": 3}
+    given = {"checkpoint": "run1", "pretrained": "auto", "init_encoder": "", "epochs": 3}
+    assert confine_train_options(given, tmp_path) == {**given, "checkpoint": str(tmp_path / "run1.pt")}
 
 
 @pytest.mark.parametrize("info, field", [
     ({"boxes": [[1, 2, 3]]}, "boxes"), ({"boxes": [[5, 0, 1, 3]]}, "boxes"), ({"boxes": [[0.5, 0, 1, 3]]}, "boxes"),
     ({"points": [["a", 1]]}, "points"), ({"radii": [0]}, "radii"), ({"lesion_types": ["mass", 3.5]}, "lesion_types"),
     ({"laterality": "left"}, "laterality"), ({"spacing_mm": True}, "spacing_mm"), ({"finding": "maybe"}, "finding"),
-    ({"lock": "mine"}, "lock"), ({"lock": {"ts": float("nan")}}, "lock"), ({"uncertainty": {"score": 1, "per_task": []}},
-                                                                               "uncertainty"),
+    ({"lock": "mine"}, "lock"), ({"lock": {"ts": float("nan")}}, "lock"),
+    ({"uncertainty": {"score": 1, "per_task": []}}, "uncertainty"),
 ])
 def test_a_bad_value_is_refused_on_save_and_counted_on_read(info, field):
     with pytest.raises(InputError, match=f"field '{field}'"):
@@ -58,8 +58,8 @@ def test_a_bad_value_is_refused_on_save_and_counted_on_read(info, field):
 
 def test_good_values_pass_unchanged():
     info = {"boxes": [[1, 2, 3, 4]], "points": [[1.5, 2]], "radii": [3], "laterality": "L", "spacing_mm": 0.1,
-            "lock": {"client_id": "a", "ts": 1.0, "strategy": "first"}, "uncertainty": {"score": 0.2, "per_task": {"x": 0.1}},
-            "anything": {"else": [1]}}
+            "lock": {"client_id": "a", "ts": 1.0, "strategy": "first"},
+            "uncertainty": {"score": 0.2, "per_task": {"x": 0.1}}, "anything": {"else": [1]}}
     assert check_info(info, "info") == {**info, "points": [[1.5, 2.0]], "radii": [3.0]}
 
 

@@ -65,11 +65,12 @@ class MammoDatastore(LocalDatastore):
             self._remove_stale_temps()
 
     def _remove_stale_temps(self) -> None:
-        """The index and the label folders are written only under the datastore lock: a temporary file
-        found there while holding it is stale. Nothing else of the folder is touched."""
+        """The index, the images and the label folders are written only under the datastore lock: a
+        temporary file of theirs found while holding it is stale. Nothing else of the folder is touched."""
         index = Path(self._datastore_config_path)
         with FileLock(self._lock_file):
             remove_stale_temps(index.parent, [index.name])
+            remove_stale_temps(self._datastore.image_path())
             for label_dir in (Path(self._datastore_path) / self._datastore.labels_dir).glob("*/"):
                 remove_stale_temps(label_dir)
 
@@ -126,7 +127,7 @@ class MammoDatastore(LocalDatastore):
             if old is not None and not overwrite:
                 raise ConflictError(f"image '{image_id}' exists; send overwrite=true to replace it and its labels")
             dest = Path(self._datastore.image_path()) / f"{image_id}{ext}"
-            with atomic_path(dest) as tmp:
+            with atomic_path(dest, suffix="") as tmp:  # no image extension: a reload never lists it
                 shutil.copyfile(image_filename, tmp)
             if old is not None:
                 self._remove_files(image_id, old, keep=dest)

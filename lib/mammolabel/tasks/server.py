@@ -50,7 +50,8 @@ async def _monailabel_error(request: Request, exc: MONAILabelException) -> JSONR
 async def _json_error(request: Request, exc: json.JSONDecodeError) -> JSONResponse:
     """Request parameters (``params``, ``info``) that are not JSON are the client's error."""
     logger.warning(f"{request.method} {request.url.path}: {exc}")
-    return JSONResponse(status_code=400, content={"detail": f"parameters are not valid JSON: {exc}", "error": "JSONDecodeError"})
+    return JSONResponse(status_code=400, content={"detail": f"parameters are not valid JSON: {exc}",
+                                                  "error": "JSONDecodeError"})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
