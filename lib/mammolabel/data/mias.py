@@ -115,7 +115,8 @@ def import_mias(mias_dir: str | os.PathLike, datastore_dir: str | os.PathLike) -
                 with Image.open(source) as im:
                     im.save(png, format="PNG")
             store.add_image(ref, str(png), {"patient_id": film.patient_id, "laterality": film.laterality,
-                                            "tissue": film.tissue, "spacing_mm": 0.2, "view": "MLO", "source": "MIAS"})
+                                            "tissue": film.tissue, "spacing_mm": 0.2, "view": "MLO", "source": "MIAS",
+                                            "overwrite": True})  # importing again replaces the film and its labels
             located = [les for les in film.lesions if les.centre is not None]
             points = [[float(x), float(rows - 1 - y)] for x, y in (les.centre for les in located)]
             radii = [float(les.radius) for les in located]

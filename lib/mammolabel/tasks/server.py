@@ -1,12 +1,15 @@
 """What the MammoLabel app adds to the MONAI Label server.
 
-- Errors a client can fix become JSON 4xx answers with a message, never a traceback.
-- :class:`RequestGuard` refuses form parameters that are not a JSON object (before MONAI Label
-  trips over them), refuses oversized uploads, and bounds inference concurrency: requests beyond
-  ``MAMMOLABEL_MAX_CONCURRENT_INFER`` wait in a queue of at most ``MAMMOLABEL_MAX_QUEUED_INFER``;
-  past that the answer is 429 (busy, retry) rather than unbounded memory. Without authentication it
-  also refuses to replace or delete a model file over HTTP (``PUT``/``DELETE /model/<name>``), so no
-  anonymous request writes outside the datastore; ``MAMMOLABEL_ALLOW_MODEL_UPLOAD=true`` allows it.
+- Errors a client can fix become JSON 4xx answers with a message, never a traceback; anything else
+  is a JSON 500 naming what failed (the traceback goes to the log only).
+- :class:`RequestGuard` refuses an upload larger than ``MAMMOLABEL_MAX_UPLOAD_MB`` by its
+  Content-Length (before the body is read), form parameters and JSON bodies that are not a JSON object
+  or are nested absurdly deep, and uploaded file names too long to store (before MONAI Label trips
+  over them). It bounds inference concurrency: requests beyond ``MAMMOLABEL_MAX_CONCURRENT_INFER``
+  wait in a queue of at most ``MAMMOLABEL_MAX_QUEUED_INFER``; past that the answer is 429 (busy,
+  retry) rather than unbounded memory. Without authentication it also refuses to replace or delete a
+  model file over HTTP (``PUT``/``DELETE /model/<name>``), so no anonymous request writes outside the
+  datastore; ``MAMMOLABEL_ALLOW_MODEL_UPLOAD=true`` allows it.
 """
 
 from __future__ import annotations
