@@ -88,6 +88,13 @@ class MammoDatastore(LocalDatastore):
         except Exception as e:  # noqa: BLE001 - a dead watcher would stop seeing deletions for good
             logger.error(f"datastore reload after {getattr(event, 'src_path', event)} failed: {type(e).__name__}: {e}")
 
+    def status(self) -> dict[str, Any]:
+        """Counts for ``/info``, from a snapshot of the index (taken without waiting for a writer)."""
+        objects = list(self._datastore.objects.values())  # one C-level copy: safe while another thread writes
+        tags = Counter(tag for obj in objects for tag in list(obj.labels))
+        return {"total": len(objects), "completed": sum(1 for o in objects if o.labels.get(TAG_MASK)),
+                "label_tags": dict(tags)}
+
     def _reconcile_datastore(self) -> None:
         with self._mutex:
             super()._reconcile_datastore()

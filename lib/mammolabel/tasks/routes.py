@@ -103,10 +103,14 @@ def _swap(app: FastAPI, pick: Callable[[APIRoute, str], Callable | None]) -> int
     return swapped
 
 
+#: Cheap endpoints that stay on the event loop, so that they answer even when every worker is busy.
+ON_LOOP = ("/info/",)
+
+
 def offload(app: FastAPI) -> None:
-    """Run every MONAI Label endpoint declared ``async`` in the worker pool."""
-    _swap(app, lambda route, _: _threaded(route.endpoint) if inspect.iscoroutinefunction(route.endpoint)
-          and route.endpoint.__module__.startswith("monailabel.endpoints") else None)
+    """Run every MONAI Label endpoint declared ``async`` in the worker pool (except :data:`ON_LOOP`)."""
+    _swap(app, lambda route, full: _threaded(route.endpoint) if inspect.iscoroutinefunction(route.endpoint)
+          and route.endpoint.__module__.startswith("monailabel.endpoints") and full not in ON_LOOP else None)
 
 
 def _replace(app: FastAPI, path: str, method: str, endpoint: Callable) -> None:
