@@ -116,7 +116,7 @@ class MammoDatastore(LocalDatastore):
     def image_shape(self, image_id: str) -> tuple[int, int]:
         """(rows, cols) of a stored image."""
         uri = self.get_image_uri(image_id)
-        if not uri:
+        if not uri or not os.path.isfile(uri):
             raise NotFoundError(f"image '{image_id}' is not in the datastore")
         return read_mammogram(uri).shape
 
