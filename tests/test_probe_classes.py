@@ -81,6 +81,7 @@ def probe(tmp_path_factory):
         watch.join()
     canary = {p.name for p in outside.iterdir()}
     assert canary == {"canary.raw", "canary.pt", "fifo.raw"}, canary  # nothing written outside
+    assert watch.polls > 10 and watch.slowest < 1.0, (watch.polls, watch.slowest)  # /info answered throughout
 
 
 def png(array: np.ndarray) -> bytes:
