@@ -172,6 +172,8 @@ def refusal_cases(srv, tmp: Path) -> list[Case]:
         ("500", "post", infer0, {"params": '{"a": ' + deep + "}"}, None, None),
         ("500", "post", "/train/train_hybrid", {}, None, {"a": json.loads("[" * 100 + "]" * 100)}),
         ("500", "post", "/infer/breast_region?image=nosuch", {}, {"label": ("l.bin", b"\0" * 64)}, None),
+        train("500", mode="weak_only"),  # a background training refused before it is queued, not 200
+        train("500", rows=100),
         ("500", "get", "/logs/gpu", {}, None, None),
         ("500", "get", "/logs/?lines=10", {}, None, None),
         # 2. values of the wrong type stored

@@ -31,6 +31,7 @@ from mammolabel.engines.dahl import (
     exam_images,
     exam_summary,
     image_side,
+    options_from,
     saliency_maps,
     summarise_rows,
     train_classifier,
@@ -152,6 +153,9 @@ class ClassifierTrain(MammoTrainTask):
     def __init__(self, model_dir: str | Path, description: str = "Dahl et al. Holistic then Attention ResNet "
                  "classifier from image-level findings", defaults: dict[str, Any] | None = None):
         super().__init__(model_dir, description, defaults)
+
+    def check(self, options: dict[str, Any]) -> None:
+        options_from(options)
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return train_classifier(inventory, options, out)

@@ -245,5 +245,8 @@ class TrainGlam(MammoTrainTask):
                  "stages from image-level findings", defaults: dict[str, Any] | None = None):
         super().__init__(model_dir, description, defaults)
 
+    def check(self, options: dict[str, Any]) -> None:
+        GlamOptions.from_mapping(options)
+
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return train_glam(inventory, GlamOptions.from_mapping(options), out)

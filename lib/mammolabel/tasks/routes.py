@@ -232,7 +232,7 @@ def check_train_options(model: str, params: dict[str, Any] | None) -> dict[str, 
     params = dict(params or {})
     if isinstance(trainer, MammoTrainTask):
         params = confine_train_options(params, trainer.model_dir)
-        trainer.options(params)
+        trainer.check(trainer.options(params))
     return params
 
 

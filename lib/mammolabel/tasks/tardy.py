@@ -25,6 +25,7 @@ from mammolabel.engines.tardy import (
     PRETRAIN_STAGE,
     parse_threshold,
     pretrain_reconstruction,
+    stage_options,
     train_discriminative,
 )
 from mammolabel.errors import InputError
@@ -143,6 +144,9 @@ class PretrainReconstructionTrain(MammoTrainTask):
                  "benign images (gamma, irregular in-painting, out-painting)", defaults: dict[str, Any] | None = None):
         super().__init__(model_dir, description, defaults)
 
+    def check(self, options: dict[str, Any]) -> None:
+        stage_options(options)
+
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return pretrain_reconstruction(inventory, options, out)
 
@@ -158,6 +162,12 @@ class TrainDiscriminativeTrain(MammoTrainTask):
     def __init__(self, model_dir: str | Path, description: str = "Tardy & Mateus stage 2: discriminative "
                  "segmentation of malignant regions (masks in labels/final)", defaults: dict[str, Any] | None = None):
         super().__init__(model_dir, description, defaults)
+
+    def check(self, options: dict[str, Any]) -> None:
+        stage_options(options)
+        parse_threshold(options["threshold"])
+        if options["mse_weight"] < 0:
+            raise InputError("option 'mse_weight' must be non-negative")
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         if options["mse_weight"] < 0:

@@ -77,6 +77,9 @@ class MammoTrainTask(TrainTask):
         check_limits(opts)
         return opts
 
+    def check(self, options: dict[str, Any]) -> None:
+        """Refuse options that :meth:`run` would refuse, without training (before a background run is queued)."""
+
     def stats(self) -> dict[str, Any]:
         path = stats_path(self.path)
         return json.loads(path.read_text()) if path.exists() else {}

@@ -167,5 +167,8 @@ class TrainHybrid(MammoTrainTask):
                  defaults: dict[str, Any] | None = None):
         super().__init__(model_dir, description, defaults)
 
+    def check(self, options: dict[str, Any]) -> None:
+        HybridTrainOptions.from_dict(options)
+
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return train_hybrid(inventory, options, out)
