@@ -209,6 +209,10 @@ def calibrate(task: Any, inventory: LabelInventory, method: str = "platt", sensi
     if split == "val":
         val = set(load_checkpoint(checkpoint).get("val_images", []))
         records = [r for r in records if r.image_id in val]
+    lesions = sum(r.finding != "normal" for r in records)  # every target's positives have a lesion
+    if lesions < MIN_IMAGES_PER_CLASS:
+        raise InputError(f"calibrate {task.name}: only {lesions} of {len(records)} images with a finding have a "
+                         f"lesion; at least {MIN_IMAGES_PER_CLASS} positive images are needed")
 
     raw, truth, ids = [], [], []
     progress = Progress(len(records), f"calibrate {task.name}", every_s=15)
@@ -245,7 +249,7 @@ def calibrate(task: Any, inventory: LabelInventory, method: str = "platt", sensi
         "brier_calibrated": float(np.mean((calibrated - truth_a) ** 2)),
         "split": split,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "image_ids": ids,
+        "raw_probabilities": dict(zip(ids, raw)),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, suffix=".json") as tmp:
@@ -254,7 +258,7 @@ def calibrate(task: Any, inventory: LabelInventory, method: str = "platt", sensi
     logger.info(f"calibrate {task.name}: {method} on {len(raw)} images (Brier {calibration['brier_raw']:.4f} -> "
                 f"{calibration['brier_calibrated']:.4f}); operating point {threshold:.4g}: sensitivity "
                 f"{point['sensitivity']:.3f}, specificity {point['specificity']:.3f}; written to {out}")
-    return {"calibration": str(out), **{k: v for k, v in calibration.items() if k != "image_ids"}}
+    return {"calibration": str(out), **{k: v for k, v in calibration.items() if k != "raw_probabilities"}}
 
 
 def annotate(task: Any, result: dict[str, Any]) -> dict[str, Any] | None:
