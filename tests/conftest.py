@@ -90,7 +90,7 @@ def mias_datastore(mias_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ddp_hybrid(tmp_path_factory) -> dict:
     """``train_hybrid`` trained by ``mammolabel train --nproc-per-node 2`` (torchrun, gloo) on 24 small phantoms,
-    MLflow tracking on; tiny network, 50 steps. Shared by the distributed, tracking and calibration tests."""
+    MLflow tracking on; tiny network, 120 steps of 2 x 4 images. Shared by the distributed, tracking and calibration tests."""
     import json
     import subprocess
     import sys
@@ -98,7 +98,7 @@ def ddp_hybrid(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("ddp")
     studies, out = base / "studies", base / "model" / "hybrid_segmentation.pt"
     write_phantom_study(studies, n=24, seed=5, shape=(256, 208), dicom=False)
-    options = {"rows": 64, "cols": 64, "width": 8, "depth": 18, "batch_size": 4, "steps_per_epoch": 10, "lr": 0.003,
+    options = {"rows": 64, "cols": 64, "width": 8, "depth": 18, "batch_size": 4, "steps_per_epoch": 24, "lr": 0.002,
                "val_fraction": 0.3, "normals": True}
     command = [sys.executable, "-m", "mammolabel.cli", "train", "train_hybrid", "--studies", str(studies), "--out",
                str(out), "--device", "cpu", "--epochs", "10", "--nproc-per-node", "2",
