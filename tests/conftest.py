@@ -90,7 +90,8 @@ def mias_datastore(mias_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ddp_hybrid(tmp_path_factory) -> dict:
     """``train_hybrid`` trained by ``mammolabel train --nproc-per-node 2`` (torchrun, gloo) on 24 small phantoms,
-    MLflow tracking on; tiny network, 120 steps of 2 x 4 images. Shared by the distributed, tracking and calibration tests."""
+    MLflow tracking on; tiny network, 120 steps of 2 x 4 images. Shared by the distributed, tracking and
+    calibration tests."""
     import json
     import subprocess
     import sys

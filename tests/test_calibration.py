@@ -19,15 +19,18 @@ from mammolabel.engines.calibration import apply_map, calibrate, fit_map, operat
 from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.engines.evaluate import evaluate, run_task
 from mammolabel.errors import InputError
+from mammolabel.tasks.breast_region import BreastRegionInfer
+from mammolabel.tasks.calibrate import calibration_tasks
 from mammolabel.tasks.xiong import HybridSegmentationInfer
 
 
-def site(path, n: int, seed: int, lesions: int) -> LabelInventory:
-    """Phantoms of a site: all its normal films and its first ``lesions`` lesion films."""
+def site(path, n: int, seed: int, lesions: int) -> MammoDatastore:
+    """The datastore of a site: phantoms, all normal films and the first ``lesions`` lesion films kept."""
     write_phantom_study(path, n=n, seed=seed, shape=(256, 208), dicom=False)
-    images = collect_labels(MammoDatastore(path, read_only=True)).images
-    kept = [r for r in images if r.finding == "normal"] + [r for r in images if r.finding != "normal"][:lesions]
-    return LabelInventory(kept)
+    store = MammoDatastore(path)
+    for record in [r for r in collect_labels(store).images if r.finding != "normal"][lesions:]:
+        store.remove_image(record.image_id)
+    return store
 
 
 def test_operating_points_meet_the_asked_rates():
@@ -47,8 +50,9 @@ def test_operating_points_meet_the_asked_rates():
 
 def test_calibration_beats_the_raw_probability_on_held_back_images(ddp_hybrid, tmp_path):
     task = HybridSegmentationInfer(path=str(ddp_hybrid["out"]))
-    calibration_site = site(tmp_path / "calibration", n=47, seed=21, lesions=11)
-    result = calibrate(task, calibration_site, method="platt", sensitivity=0.9)
+    served = calibration_tasks({"hybrid_segmentation": task, "breast_region": BreastRegionInfer()})
+    assert list(served) == ["calibrate_hybrid_segmentation"]  # the server's train task
+    result = served["calibrate_hybrid_segmentation"]({"sensitivity": "0.9"}, site(tmp_path / "calibration", 47, 21, 11))
     stored = json.loads((ddp_hybrid["out"].parent / "hybrid_segmentation.calibration.json").read_text())
     assert stored["checkpoint_sha256"] == result["checkpoint_sha256"] and stored["positives"] == 11
 
@@ -58,7 +62,7 @@ def test_calibration_beats_the_raw_probability_on_held_back_images(ddp_hybrid, t
     lesion_scores = [p for i, p in stored["raw_probabilities"].items() if truth[i]["finding"] != "normal"]
     assert len(lesion_scores) == 11 and np.mean(np.array(lesion_scores) >= threshold) >= 0.9
 
-    held_back = site(tmp_path / "held_back", n=28, seed=22, lesions=7)
+    held_back = collect_labels(site(tmp_path / "held_back", n=28, seed=22, lesions=7))
     metrics = evaluate(task, held_back, tmp_path / "eval", n_pictures=0)
     report = metrics["calibration"]
     assert report["n_images"] == len(held_back.images) and report["positives"] == 7

@@ -251,7 +251,7 @@ def run_job(job: Job) -> dict[str, Any] | None:
 
 
 def _worker(job: Job) -> dict[str, Any] | None:
-    """torchrun's entry point: :func:`run_job` logging as the CLI does, a user's mistake as one line and exit status 2."""
+    """torchrun's entry point: :func:`run_job`, logging as the CLI does; a user's mistake is one line, exit status 2."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("mammolabel").setLevel(logging.INFO)
     try:

@@ -88,8 +88,8 @@ class MammoTrainTask(TrainTask):
         out = Path(request.get("checkpoint") or self.path)
         processes, gpus = distributed.processes_for(opts["multi_gpu"], opts["gpus"], opts["device"])
         if processes > 1:
-            job = distributed.Job(self.name, str(self.model_dir), {**request, "multi_gpu": False, "checkpoint": str(out)},
-                                  distributed.studies_of(datastore))
+            request = {**request, "multi_gpu": False, "checkpoint": str(out)}
+            job = distributed.Job(self.name, str(self.model_dir), request, distributed.studies_of(datastore))
             return distributed.launch(job, processes, visible_gpus=gpus)
         inventory = collect_labels(datastore)
         logger.info(f"{self.name}: {len(inventory.images)} images; labels {dict(inventory.counts)}; options {opts}")
