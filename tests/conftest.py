@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MIAS_DIR = ROOT.parent / "shared" / "data" / "mini-mias-dev"
 PGM_DIR = ROOT.parent / "shared" / "data" / "pgm-samples"
 ON_CI = os.environ.get("CI", "").lower() == "true"
+# Opening an MLflow store takes seconds: the suite trains untracked, except the tracking test (``ddp_hybrid``).
+os.environ["MONAI_LABEL_TRACKING_ENABLED"] = "false"
 
 
 def full_training() -> bool:

@@ -149,8 +149,8 @@ def fit(
         meta: plain values stored in every checkpoint (network config, label report...).
     """
     out = Path(out)
-    # left by a kill
-    distributed.main_only(lambda: remove_stale_temps(out.parent, [out.name, last_path(out).name, stats_path(out).name]))
+    names = [out.name, last_path(out).name, stats_path(out).name]
+    distributed.main_only(lambda: remove_stale_temps(out.parent, names))  # temporary files a kill left
     device = resolve_device(options.device)
     on_gpu = device.type == "cuda"
     model.to(device)
