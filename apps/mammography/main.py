@@ -36,6 +36,7 @@ from mammolabel.tasks.activelearning import (
     UncertaintyStrategy,
     WeakFirstStrategy,
 )
+from mammolabel.tasks.calibrate import calibration_tasks
 from mammolabel.tasks.infer import MammoInferTask
 from mammolabel.tasks.routes import REQUEST_PATHS, install_routes
 from mammolabel.tasks.server import install_error_handlers
@@ -94,6 +95,7 @@ class MammoLabelApp(MONAILabelApp):
             task = config.trainer()
             if task:
                 trainers.update(task if isinstance(task, dict) else {config.name: task})
+        trainers.update(calibration_tasks(self._infers))
         return trainers
 
     def init_strategies(self) -> dict[str, Strategy]:

@@ -1,4 +1,4 @@
-"""The ``mammolabel`` command: make-phantoms, import-mias, train, infer, evaluate, simulate-al, benchmark.
+"""The ``mammolabel`` command: make-phantoms, import-mias, train, calibrate, infer, evaluate, simulate-al, benchmark.
 
 Errors a user can fix (bad file, unknown task, missing checkpoint) print one line and exit 2.
 """
@@ -88,7 +88,24 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     request.update(checkpoint=str(out), device=args.device)
     if args.epochs is not None:
         request["epochs"] = args.epochs
+    if args.nproc_per_node or args.nnodes != "1":
+        from mammolabel.engines.distributed import Job, launch
+
+        task.options(request)  # bad options and studies are refused before any process starts
+        _open_studies(args.studies)
+        job = Job(args.task, str(out.parent), request, str(args.studies))
+        return launch(job, args.nproc_per_node or 1, args.nnodes, args.rdzv_endpoint)
     return task(request, _open_studies(args.studies))
+
+
+def _calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.data.datastore import collect_labels
+    from mammolabel.engines.calibration import calibrate
+
+    task = _infer_task(args.task, args.checkpoint)
+    inventory = collect_labels(_open_studies(args.studies))
+    return calibrate(task, inventory, method=args.method, sensitivity=args.sensitivity, specificity=args.specificity,
+                     split=args.split, model_dir=args.model_dir, device=args.device)
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,7 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int)
     s.add_argument("--device", default="auto")
     s.add_argument("--set", type=_key_value, action="append", metavar="KEY=VALUE", help="task option")
+    s.add_argument("--nproc-per-node", type=int, default=0, help="train in N processes per node with torchrun "
+                   "(one per GPU; gloo processes on CPU)")
+    s.add_argument("--nnodes", default="1", help="nodes taking part (run the same command on each)")
+    s.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT", help="rendezvous of the nodes (the first's)")
     s.set_defaults(func=_train)
+
+    s = sub.add_parser("calibrate", help="fit a task's probability to a site's labelled images; set an operating point")
+    s.add_argument("task", help="infer task, e.g. classification")
+    s.add_argument("--studies", required=True, help="datastore folder or DICOMweb URL with the site's labels")
+    s.add_argument("--checkpoint", help="the site checkpoint to calibrate")
+    s.add_argument("--model-dir", type=Path, help="where the calibration is stored (default: beside the checkpoint)")
+    s.add_argument("--method", choices=("platt", "isotonic"), default="platt")
+    point = s.add_mutually_exclusive_group()
+    point.add_argument("--sensitivity", type=float, help="operating point: at least this sensitivity (default 0.9)")
+    point.add_argument("--specificity", type=float, help="operating point: at least this specificity")
+    s.add_argument("--split", choices=("all", "val"), default="all", help="val: the checkpoint's validation images")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_calibrate)
 
     s = sub.add_parser("infer", help="run an infer task on image files")
     s.add_argument("task")

@@ -20,6 +20,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from mammolabel.data.labels import ImageLabels
+from mammolabel.engines import calibration
 from mammolabel.engines.checkpoint import load_checkpoint
 from mammolabel.errors import MammoLabelError, ModelNotTrainedError
 from mammolabel.io import boxes_from_canonical, from_canonical, points_from_canonical, write_labelmap
@@ -194,6 +195,7 @@ class MammoInferTask(BasicInferTask):
             "points": pred.points,
             "boxes": pred.boxes,
         }
+        result["calibration"] = calibration.annotate(self, result)
         if self.dicom_sink is not None and meta.get("format") == "dicom":
             try:
                 result["dicom"] = self.dicom_sink.store_results(self.name, dict(self.labels), pred, meta)

@@ -2,7 +2,9 @@
 
 A task declares its ``name``, the checkpoint it writes and its options with defaults; it
 implements :meth:`run` on the datastore's :class:`LabelInventory`. Options arriving as strings
-(from 3D Slicer or the CLI) are converted to the type of their default.
+(from 3D Slicer or the CLI) are converted to the type of their default. MONAI Label's ``multi_gpu``
+and ``gpus`` run the task in several processes (:mod:`mammolabel.engines.distributed`); every run is
+tracked in MLflow (:mod:`mammolabel.engines.tracking`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from mammolabel.data.datastore import LabelInventory, collect_labels
+from mammolabel.engines import distributed, tracking
 from mammolabel.engines.loop import stats_path
 from mammolabel.errors import InputError
 from mammolabel.tasks.limits import check_limits
@@ -54,7 +57,8 @@ class MammoTrainTask(TrainTask):
     def __init__(self, model_dir: str | Path, description: str, defaults: dict[str, Any] | None = None):
         super().__init__(description)
         self.model_dir = Path(model_dir)
-        self._defaults = {"epochs": 10, "device": "auto", "val_fraction": 0.2, "seed": 0, "resume": True}
+        self._defaults = {"epochs": 10, "device": "auto", "val_fraction": 0.2, "seed": 0, "resume": True,
+                          "multi_gpu": False, "gpus": "all"}
         self._defaults.update(self.defaults)
         self._defaults.update(defaults or {})
 
@@ -87,9 +91,17 @@ class MammoTrainTask(TrainTask):
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         opts = self.options(request)
         out = Path(request.get("checkpoint") or self.path)
+        processes, gpus = distributed.processes_for(opts["multi_gpu"], opts["gpus"], opts["device"])
+        if processes > 1:
+            request = {**request, "multi_gpu": False, "checkpoint": str(out)}
+            job = distributed.Job(self.name, str(self.model_dir), request, distributed.studies_of(datastore))
+            return distributed.launch(job, processes, visible_gpus=gpus)
         inventory = collect_labels(datastore)
         logger.info(f"{self.name}: {len(inventory.images)} images; labels {dict(inventory.counts)}; options {opts}")
-        return self.run(inventory, opts, out)
+        with tracking.training_run(self.name, opts, dict(inventory.counts), out, self.model_dir):
+            summary = self.run(inventory, opts, out)
+            tracking.log_summary(summary)
+        return summary
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         """Train on ``inventory`` and write the checkpoint to ``out``; return a summary."""
