@@ -138,5 +138,6 @@ class MammoLabelApp(MONAILabelApp):
                 request = {**request, "image": image}
             elif image not in store.list_images():
                 raise NotFoundError(f"image '{image}' is not in the datastore")
-            request = {"laterality": store.get_image_info(image).get("laterality"), **request}
+            info = store.get_image_info(image)
+            request = {"laterality": info.get("laterality"), "view": info.get("view"), **request}
         return super().infer(request, datastore)
