@@ -17,13 +17,18 @@ import pydicom
 import pytest
 
 from helpers import tree_digest
+from mammolabel.breast import body_mask
 from mammolabel.cli import main
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.import_csv import import_csv
 from mammolabel.data.mias import parse_info
 from mammolabel.data.phantoms import make_phantom
-from mammolabel.io import read_label, read_mammogram, write_dicom_mg, write_grey_png, write_labelmap
+from mammolabel.data.view import dicom_view, infer_view
+from mammolabel.io import (canonicalise, read_dicom, read_label, read_mammogram, write_dicom_mg, write_grey_png,
+                           write_labelmap)
+from mammolabel.transforms.geometry import make_frame
 
+FILM = "malignant-lcc"  # a frame along its top and bottom edges and a burnt-in "LCC" label
 EXPECTED_VIEWS = {"benign-lcc": ("L", "CC"), "benign-lmlo": ("L", "MLO"), "benign-rcc": ("R", "CC"),
                   "benign-rmlo": ("R", "MLO"), "malignant-lcc": ("L", "CC"), "malignant-lmlo": ("L", "MLO"),
                   "malignant-rcc": ("R", "CC"), "malignant-rmlo": ("R", "MLO")}
@@ -263,6 +268,42 @@ def test_import_dicom_of_the_real_films(cbis_films, tmp_path, capsys):
     code, _, err = run_cli(capsys, "import-dicom", folder, tmp_path / "ds", "--findings", findings)
     assert code == 2 and f"{findings}:2: row 'P_00173|R|ML' matches no image of the folder" in err
     assert tree_digest(tmp_path / "ds") == digest
+
+
+# --- the real films: breast mask and view ------------------------------------------------------
+
+
+def film_regions(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The film's frame band along its top edge and its burnt-in label (top right), as masks."""
+    rows, cols = pixels.shape
+    frame = np.zeros(pixels.shape, bool)
+    frame[: rows // 200] = True
+    label = np.zeros(pixels.shape, bool)
+    label[rows // 50 : rows // 6, cols * 2 // 3 :] = pixels[rows // 50 : rows // 6, cols * 2 // 3 :] > 0.5
+    return frame, label
+
+
+def test_breast_mask_leaves_out_the_frame_and_the_label(cbis_films):
+    film = read_dicom(cbis_films[FILM])
+    frame, label = film_regions(film.pixels)
+    assert film.pixels[frame].mean() > 0.5 and label.sum() > 1000  # both are there, bright
+    mask, scale = body_mask(film.pixels)
+    small_frame = mask[: max(1, int(frame.sum(axis=0).max() * scale))]
+    assert not small_frame.any() and 0.25 < mask.mean() < 0.6
+    rr, cc = (np.minimum((np.nonzero(label)[i] * scale).astype(int), mask.shape[i] - 1) for i in (0, 1))
+    assert not mask[rr, cc].any()
+    crop = make_frame(film.pixels, (512, 320), crop_breast=True).crop  # what every network task looks at
+    assert crop[0] > frame.sum(axis=0).max() and crop[3] < film.shape[1]
+
+
+def test_views_without_a_tag_are_inferred_from_the_pectoral_muscle(cbis_films):
+    for name in ("benign-lcc", "benign-rmlo", "malignant-rcc", "malignant-lmlo"):
+        ds = pydicom.dcmread(cbis_films[name], stop_before_pixels=True)
+        for keyword in ("PatientOrientation", "PatientID", "SeriesDescription"):
+            delattr(ds, keyword)
+        assert dicom_view(ds) == (None, None)
+        film = canonicalise(read_dicom(cbis_films[name]))
+        assert infer_view(film.pixels) == name.split("-")[1][1:].upper(), name
 
 
 # --- MIAS ---------------------------------------------------------------------------------------

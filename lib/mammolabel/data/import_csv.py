@@ -43,7 +43,8 @@ KEYS = ("image", "image_id", "sop_instance_uid", "patient", "study", "laterality
         "finding_birads", "density", "lesion_type", "x0", "y0", "x1", "y1", "x", "y", "mask", "split")
 #: Column names of each layout, per key (the first one present in the file is used).
 LAYOUTS: dict[str, dict[str, tuple[str, ...]]] = {
-    "generic": {key: (key,) for key in KEYS} | {"patient": ("patient_id", "patient"), "study": ("study_id", "study")},
+    "generic": {key: (key,) for key in KEYS} | {"patient": ("patient_id", "patient"),
+                                                "study": ("study_id", "study")},
     "vindr": {"image_id": ("image_id",), "patient": ("study_id",), "study": ("study_id",), "laterality": ("laterality",),
               "view": ("view_position",), "birads": ("breast_birads",), "finding_birads": ("finding_birads",),
               "density": ("breast_density",), "lesion_type": ("finding_categories",), "x0": ("xmin",),
