@@ -16,7 +16,7 @@ import pytest
 from monailabel.client import MONAILabelClient
 
 from mammolabel.data.dicomweb import DICOMwebMammoDatastore
-from mammolabel.io import read_dicom
+from mammolabel.io import read_mammogram
 from mammolabel.io import dicom_outputs as out
 from mammolabel.server_process import ServerProcess
 from mammolabel.tasks import infer_tasks
@@ -52,14 +52,14 @@ def test_the_stored_film_is_listed_with_its_series_laterality(orthanc, pacs_film
     assert uid in store.list_images() and store.get_image_info(uid)["laterality"] == "L"
     cached = pydicom.dcmread(store.get_image_uri(uid))  # Orthanc transcoded it from RLE Lossless
     np.testing.assert_array_equal(cached.pixel_array, pacs_film.pixel_array)
-    meta = read_dicom(store.get_image_uri(uid)).meta
+    meta = read_mammogram(store.get_image_uri(uid)).meta
     assert (meta["laterality"], meta["view"], meta["view_source"], meta["spacing"]) == ("L", "CC", "name", None)
 
 
 def test_every_infer_task_answers_on_the_film_and_stores_its_results(served, orthanc, pacs_film,  # noqa: F811
                                                                      tmp_path):
     uid = str(pacs_film.SOPInstanceUID)
-    pixels = read_dicom(pacs_film.filename).pixels
+    pixels = read_mammogram(pacs_film.filename).pixels
     frame, label = film_regions(pixels)
     client = MONAILabelClient(served.url, tmpdir=str(tmp_path))
     for task in infer_tasks():
@@ -74,9 +74,14 @@ def test_every_infer_task_answers_on_the_film_and_stores_its_results(served, ort
         assert_same_patient_and_study(seg, pacs_film)
         assert referenced_instance(seg) == uid and (seg.Rows, seg.Columns) == labelmap.shape
         np.testing.assert_array_equal(out.labelmap_from_segmentation(seg, uid), labelmap)
-        report = hd.sr.ComprehensiveSR.from_dataset(retrieve(orthanc, stored["report"]))
-        evidence = report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        sr = retrieve(orthanc, stored["report"])
+        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uid
+        regions = hd.sr.ComprehensiveSR.from_dataset(sr).content.get_planar_roi_measurement_groups()
+        assert len(regions) == len(result["boxes"]) + len(result["points"]), task  # one per box and per point
+        for region, found in zip(regions, [*result["boxes"], *result["points"]]):  # boxes first, in pixels
+            expected = out.box_outline(found["box"]) if "box" in found else [[found["x"] + 0.5, found["y"] + 0.5]]
+            np.testing.assert_allclose(region.roi.value, expected, err_msg=task)
         if "heatmap" in stored:
             sc = retrieve(orthanc, stored["heatmap"])
             assert_same_patient_and_study(sc, pacs_film)

@@ -35,18 +35,22 @@ class LoadMammogramd(MapTransform):
     ``chest_wall`` and ``original_shape``; outputs are mapped back with them. ``d["laterality"]``,
     when present (e.g. from the datastore's image info), is used as a hint. The view comes from the
     file, else ``d["view"]``, else the file name, else the pixels (:mod:`mammolabel.data.view`);
-    ``meta["view_source"]`` says which. Label keys listed in
-    ``label_keys`` are read as uint8 masks of the same size and given the same flip.
+    ``meta["view_source"]`` says which (with ``find_view`` false the view is only the file's). Label
+    keys listed in ``label_keys`` are read as uint8 masks of the same size and given the same flip.
     """
 
-    def __init__(self, keys: KeysCollection, label_keys: KeysCollection = (), allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, label_keys: KeysCollection = (), allow_missing_keys: bool = False,
+                 find_view: bool = True):
         super().__init__(keys, allow_missing_keys)
         self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
+        self.find_view = find_view
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            image = with_view(canonicalise(read_mammogram(str(d[key])), d.get("laterality")), d.get("view"))
+            image = canonicalise(read_mammogram(str(d[key])), d.get("laterality"))
+            if self.find_view:
+                image = with_view(image, d.get("view"))
             meta = dict(image.meta, filename_or_obj=image.meta["path"])
             d[key] = MetaTensor(torch.from_numpy(image.pixels[None].copy()), meta=meta)
             for label_key in self.label_keys:
