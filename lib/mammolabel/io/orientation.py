@@ -17,8 +17,6 @@ import numpy as np
 from mammolabel.breast import body_mask
 from mammolabel.io.image import Mammogram
 
-__all__ = ["body_mask", "canonicalise", "chest_wall_side"]  # body_mask lives in mammolabel.breast
-
 
 def chest_wall_side(pixels: np.ndarray) -> str:
     """Return "left" or "right": the side of the breast that is attached to the chest wall.
