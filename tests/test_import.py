@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 
 from helpers import tree_digest
 from mammolabel.breast import body_mask
@@ -23,9 +24,11 @@ from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.import_csv import import_csv
 from mammolabel.data.mias import parse_info
 from mammolabel.data.phantoms import make_phantom
-from mammolabel.data.view import dicom_view, infer_view
+from mammolabel.data.view import dicom_laterality, dicom_view, infer_view, laterality_from_text, view_from_text
+from mammolabel.engines.evaluate import run_task
 from mammolabel.io import (canonicalise, read_dicom, read_label, read_mammogram, write_dicom_mg, write_grey_png,
                            write_labelmap)
+from mammolabel.tasks.breast_region import BreastRegionInfer
 from mammolabel.transforms.geometry import make_frame
 
 FILM = "malignant-lcc"  # a frame along its top and bottom edges and a burnt-in "LCC" label
@@ -159,6 +162,9 @@ def test_vindr_csvs_without_images_report_counts_and_missing_images(vindr_csv_di
     assert len(warnings) == 21 and warnings[-1] == f"warning: ... and {len(images) - 20} more"
     assert warnings[0].startswith(f"warning: {findings}:") and "not found under" in warnings[0]
     assert not (tmp_path / "ds").exists()  # nothing to import: nothing written
+    breast_level = import_csv(vindr_csv_dir / "breast-level_annotations.csv", tmp_path / "ds", tmp_path / "none",
+                              layout="vindr")  # the other CSV: one row per image, no boxes
+    assert (breast_level["rows"], breast_level["missing_images"]) == (len(images), len(images))
 
 
 def test_vindr_layout_imports_the_images_that_are_present(vindr_csv_dir, tmp_path):
@@ -304,6 +310,32 @@ def test_views_without_a_tag_are_inferred_from_the_pectoral_muscle(cbis_films):
         assert dicom_view(ds) == (None, None)
         film = canonicalise(read_dicom(cbis_films[name]))
         assert infer_view(film.pixels) == name.split("-")[1][1:].upper(), name
+
+
+def test_header_fallbacks_for_laterality_and_view():
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "399368009", "SCT", "medio-lateral oblique"
+    ds = Dataset()
+    ds.ViewCodeSequence = [code]
+    ds.PatientOrientation = ["P", "FL"]
+    assert dicom_view(ds) == ("MLO", "header") and dicom_laterality(ds) == ("R", "header")
+    ds = Dataset()
+    ds.SeriesDescription, ds.PatientOrientation = "L CC screening", ["A", "R"]
+    assert dicom_view(ds) == ("CC", "header") and dicom_laterality(ds) == ("L", "header")
+    ds = Dataset()
+    ds.PatientID = "Calc-Training_P_01234_RIGHT_MLO"
+    assert dicom_view(ds) == ("MLO", "name") and dicom_laterality(ds) == ("R", "name")
+    assert (view_from_text("film RMLO 2"), laterality_from_text("left and right")) == ("MLO", None)
+
+
+def test_a_film_without_view_tags_says_its_view_was_inferred(cbis_films, tmp_path):
+    ds = pydicom.dcmread(cbis_films["benign-rmlo"])
+    for keyword in ("PatientOrientation", "PatientID", "SeriesDescription"):
+        delattr(ds, keyword)
+    ds.save_as(tmp_path / "film.dcm")
+    labelmap, result = run_task(BreastRegionInfer(), str(tmp_path / "film.dcm"))
+    assert (result["laterality"], result["view"], result["view_inferred"]) == ("R", "MLO", True)
+    assert result["pectoral_area_px"] > 0 and labelmap.shape == (ds.Rows, ds.Columns)
 
 
 # --- MIAS ---------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def laterality_from_orientation(orientation: Any) -> str | None:
     direction points away from the chest wall (A: chest wall on the left, a left breast).
     """
     values = [str(v).upper() for v in (orientation or [])]
-    if len(values) != 2 or not values[0][:1] in ("A", "P"):
+    if len(values) != 2 or values[0][:1] not in ("A", "P"):
         return None
     column = values[1].replace("F", "").replace("H", "")
     if column in ("L", "R"):
