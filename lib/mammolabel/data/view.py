@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 VIEWS = ("CC", "MLO", "ML", "LM", "XCCL", "XCCM", "AT", "SIO", "FB")
+#: Views recognised in free text (short codes such as AT are ordinary words there).
+TEXT_VIEWS = ("CC", "MLO", "ML", "LM", "XCCL", "XCCM")
 #: SNOMED CT and SNOMED-RT codes of the DICOM view code sequence (CID 4014), and their meanings.
 VIEW_CODES = {
     "399162004": "CC", "R-10242": "CC", "399368009": "MLO", "R-10226": "MLO", "399260004": "ML", "R-10224": "ML",
@@ -34,7 +36,7 @@ def _tokens(text: Any) -> list[str]:
 def view_from_text(text: Any) -> str | None:
     """A view named in free text ("RCC", "left MLO", "Mass-Test_P_00173_LEFT_CC"), or None."""
     for token in _tokens(text):
-        if token in VIEWS:
+        if token in TEXT_VIEWS:
             return token
         if len(token) > 1 and token[0] in "LR" and token[1:] in ("CC", "MLO", "ML", "LM"):
             return token[1:]
