@@ -6,7 +6,7 @@ the SEG, heatmap and SR each task stores back read from Orthanc (SEG and SR with
 Every result overlays the film and leaves its frame and burnt-in label alone.
 
 A network task on a 12-megapixel film costs 6-30 CPU seconds (``benchmarks/real_film.json``), so by
-default the film goes through the classical task and the two cheapest network tasks; with
+default the film goes through the classical task and the cheapest network task; with
 ``MAMMOLABEL_REAL_FILM_TASKS=all`` through every infer task (as CI's full run should).
 """
 
@@ -31,7 +31,7 @@ from test_dicomweb import assert_same_patient_and_study, orthanc, referenced_ins
 
 pytestmark = pytest.mark.server
 
-DEFAULT_TASKS = ("breast_region", "hybrid_segmentation", "localization")
+DEFAULT_TASKS = ("breast_region", "hybrid_segmentation")
 
 
 def film_tasks() -> list[str]:
