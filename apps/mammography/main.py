@@ -155,6 +155,7 @@ class MammoLabelApp(MONAILabelApp):
         if isinstance(image, str) and not is_path:
             store = datastore or self.datastore()
             image = self.check_image(image, store)
+            info = store.get_image_info(image)
             request = {**request, "image": image}
-            request = {"laterality": store.get_image_info(image).get("laterality"), **request}
+            request = {"laterality": info.get("laterality"), "view": info.get("view"), **request}
         return super().infer(request, datastore)

@@ -1,4 +1,4 @@
-"""The ``mammolabel`` command: make-phantoms, import-mias, train, calibrate, infer, evaluate, simulate-al, benchmark.
+"""The ``mammolabel`` command: phantoms, imports (MIAS, CSV, DICOM), train, calibrate, infer, evaluate, benchmark.
 
 Errors a user can fix (bad file, unknown task, missing checkpoint) print one line and exit 2.
 """
@@ -38,6 +38,34 @@ def _import_mias(args: argparse.Namespace) -> dict[str, Any]:
     for problem in summary["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
     return {k: v for k, v in summary.items() if k != "problems"} | {"problems": len(summary["problems"])}
+
+
+#: An import prints at most this many of its problems (the summary counts them all).
+SHOWN_PROBLEMS = 20
+
+
+def _report(summary: dict[str, Any]) -> dict[str, Any]:
+    problems = summary.pop("problems", [])
+    for problem in problems[:SHOWN_PROBLEMS]:
+        print(f"warning: {problem}", file=sys.stderr)
+    if len(problems) > SHOWN_PROBLEMS:
+        print(f"warning: ... and {len(problems) - SHOWN_PROBLEMS} more", file=sys.stderr)
+    findings = summary.get("findings")
+    if isinstance(findings, dict):
+        summary["findings"] = _report(findings)
+    return summary | {"problems": len(problems)}
+
+
+def _import_csv(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.data.import_csv import import_csv
+
+    return _report(import_csv(args.csv, args.datastore, args.images, args.layout, dict(args.columns or [])))
+
+
+def _import_dicom(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.data.import_dicom import import_dicom
+
+    return _report(import_dicom(args.dir, args.datastore, args.findings))
 
 
 def _open_studies(studies: str):
@@ -159,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("mias_dir", type=Path)
     s.add_argument("datastore", type=Path)
     s.set_defaults(func=_import_mias)
+
+    s = sub.add_parser("import-csv", help="import images and findings listed in a CSV (VinDr, CBIS-DDSM, generic)")
+    s.add_argument("csv", type=Path)
+    s.add_argument("datastore", type=Path)
+    s.add_argument("--images", required=True, type=Path, help="folder the CSV's image and mask paths are relative to")
+    s.add_argument("--layout", default="generic", choices=("generic", "vindr", "cbis"))
+    s.add_argument("--columns", type=lambda t: [_key_value(p) for p in t.split(",") if p.strip()], default=[],
+                   metavar="KEY=NAME,...", help="column names for keys (image, finding, birads, x0, mask...)")
+    s.set_defaults(func=_import_csv)
+
+    s = sub.add_parser("import-dicom", help="import every MG instance of a DICOM folder tree")
+    s.add_argument("dir", type=Path)
+    s.add_argument("datastore", type=Path)
+    s.add_argument("--findings", type=Path, help="CSV (generic layout) joined by SOP Instance UID or patient+side+view")
+    s.set_defaults(func=_import_dicom)
 
     s = sub.add_parser("train", help="run a train task on a datastore")
     s.add_argument("task")

@@ -121,7 +121,8 @@ class UncertaintyStrategy(MammoStrategy):
 
 def predict_file(task: MammoInferTask, path: str, device: str = "cpu", laterality: str | None = None) -> Prediction:
     """Run a task's prediction on one file (canonical orientation), without writing a labelmap."""
-    data = LoadMammogramd(keys="image")({"image": path, "laterality": laterality, "device": device})
+    load = LoadMammogramd(keys="image", find_view=False)  # scoring needs no view: no pectoral search per image
+    data = load({"image": path, "laterality": laterality, "device": device})
     with torch.inference_mode():
         return task.predict(data["image"], dict(data["image"].meta), data)
 

@@ -190,6 +190,7 @@ class MammoInferTask(BasicInferTask):
             "flipped": bool(meta.get("flipped")),
             "laterality": meta.get("laterality"),
             "view": meta.get("view"),
+            "view_inferred": meta.get("view_source") == "pixels",
             "spacing": meta.get("spacing"),
             **pred.values,
             "points": pred.points,
