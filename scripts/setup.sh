@@ -27,7 +27,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# MONAI Label's MLflow tracking refuses its file store in recent versions; training logs stay in our own files.
-export MONAI_LABEL_TRACKING_ENABLED="${MONAI_LABEL_TRACKING_ENABLED:-false}"
+# Training runs are tracked in MLflow (a SQLite store in the model folder; README "Tracking").
 export MLFLOW_ALLOW_FILE_STORE=true
 export PATH="$VENV/bin:$PATH"

@@ -158,7 +158,12 @@ def test_split_of_a_few_patients_still_validates(phantom_dir):
 def test_an_image_with_a_bad_finding_in_its_info_is_skipped_and_counted(phantom_copy):
     store = MammoDatastore(phantom_copy)
     store.remove_label("phantom_003", "finding")
-    store.update_image_info("phantom_003", {"finding": "suspicious"})  # image info is free-form
-    inventory = collect_labels(store)
+    with pytest.raises(InputError, match="field 'finding'"):
+        store.update_image_info("phantom_003", {"finding": "suspicious"})
+    index = phantom_copy / "datastore_v2.json"  # a value edited into the index by hand is read, skipped, counted
+    doc = json.loads(index.read_text())
+    doc["objects"]["phantom_003"]["image"]["info"]["finding"] = "suspicious"
+    index.write_text(json.dumps(doc))
+    inventory = collect_labels(MammoDatastore(phantom_copy))
     assert inventory.counts["invalid_finding"] == 1 and len(inventory.images) == 11
     assert "phantom_003" not in {r.image_id for r in inventory.images}  # not trained as "no finding"

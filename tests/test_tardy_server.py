@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nrrd
 import numpy as np
@@ -112,9 +113,9 @@ def test_infer_with_the_monailabel_client(server, tmp_path):
 @pytest.mark.server
 def test_both_train_tasks_run_through_the_server(server, tmp_path):
     inventory = collect_labels(MammoDatastore(server.studies_dir, read_only=True))
-    pre = tmp_path / "pre.pt"
+    pre = server.model_dir / "tardy_test_pre.pt"  # checkpoints are named within the model folder
     r = requests.post(f"{server.url}/train/pretrain_reconstruction?run_sync=true",
-                      json={"epochs": 1, "size": "64x48", "features": "4,8,16", "checkpoint": str(pre)}, timeout=300)
+                      json={"epochs": 1, "size": "64x48", "features": "4,8,16", "checkpoint": pre.name}, timeout=300)
     assert r.status_code == 200, r.text
     ckpt = load_checkpoint(pre)
     assert ckpt["stage"] == "pretrain_reconstruction" and ckpt["size"] == [64, 48]
@@ -122,15 +123,18 @@ def test_both_train_tasks_run_through_the_server(server, tmp_path):
     assert len(ckpt["history"]) == 1 and ckpt["history"][0]["psnr"] > 0
 
     malignant_masks = len(discriminative_images(inventory)[0])
-    out = tmp_path / "disc.pt"
+    out = server.model_dir / "tardy_test_disc.pt"
     r = requests.post(f"{server.url}/train/train_discriminative?run_sync=true",
-                      json={"epochs": 1, "size": "64x48", "pretrained": str(pre), "checkpoint": str(out)}, timeout=300)
+                      json={"epochs": 1, "size": "64x48", "pretrained": "tardy_test_pre", "checkpoint": out.name},
+                      timeout=300)
     if malignant_masks == 0:  # the shared server's phantoms may have no malignant mask: a clear 400
         assert r.status_code == 400 and "labels/final" in r.json()["detail"], r.text
         assert not out.exists()
     else:
         assert r.status_code == 200, r.text
-        assert load_checkpoint(out)["initialised_from"] == str(pre)
+        assert Path(load_checkpoint(out)["initialised_from"]).resolve() == pre.resolve()
+    for path in server.model_dir.glob("tardy_test_*"):
+        path.unlink()
 
     r = requests.post(f"{server.url}/train/train_discriminative?run_sync=true", json={"size": "12x"}, timeout=60)
     assert r.status_code == 400 and "ROWSxCOLS" in r.json()["detail"]

@@ -27,6 +27,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.class_utils import get_class_names
 
 import mammolabel
+from mammolabel.confine import is_inside
 from mammolabel.data.datastore import MammoDatastore, check_name
 from mammolabel.data.dicomweb import DICOMwebError, DICOMwebMammoDatastore
 from mammolabel.data.dicomweb import from_settings as dicomweb_datastore
@@ -38,7 +39,9 @@ from mammolabel.tasks.activelearning import (
     UncertaintyStrategy,
     WeakFirstStrategy,
 )
+from mammolabel.tasks.calibrate import calibration_tasks
 from mammolabel.tasks.infer import MammoInferTask
+from mammolabel.tasks.routes import REQUEST_PATHS, install_routes
 from mammolabel.tasks.server import install_error_handlers
 from mammolabel.zoo import choose_kind
 
@@ -99,6 +102,7 @@ class MammoLabelApp(MONAILabelApp):
             task = config.trainer()
             if task:
                 trainers.update(task if isinstance(task, dict) else {config.name: task})
+        trainers.update(calibration_tasks(self._infers))
         return trainers
 
     def init_strategies(self) -> dict[str, Strategy]:
@@ -128,22 +132,37 @@ class MammoLabelApp(MONAILabelApp):
         super().on_init_complete()
         from monailabel.app import app as server
 
+        install_routes(server)
         install_error_handlers(server, {"train": set(self._trainers), "scoring": set(self._scoring_methods)})
+
+    def check_image(self, image: str, datastore: Datastore | None = None) -> str:
+        """The image id (a DICOMweb series UID resolved to its mammogram), or a 4xx error."""
+        check_name(image, "image id")
+        store = datastore or self.datastore()
+        if isinstance(store, DICOMwebMammoDatastore):
+            return store.resolve(image)  # a series UID (what OHIF sends) names its one mammogram
+        if image not in store.list_images():
+            raise NotFoundError(f"image '{image}' is not in the datastore")
+        if not os.path.isfile(store.get_image_uri(image)):
+            raise NotFoundError(f"image '{image}' has been removed from the datastore")
+        return image
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Refuse unknown image ids with a 404 before MONAI Label turns them into a path.
 
-        A path is accepted only for a file the server itself received (an upload in the temp folder).
+        A path is accepted only for this request's own upload (in the temp folder) or session.
         """
         image = request.get("image")
-        uploaded = isinstance(image, str) and os.path.dirname(image) == tempfile.gettempdir() and os.path.isfile(image)
-        if isinstance(image, str) and not uploaded:
-            check_name(image, "image id")
+        allowed = REQUEST_PATHS.get()
+        roots = ([tempfile.gettempdir()] if "upload" in allowed else []) + (
+            [self.sessions().store_path] if "session" in allowed and self.sessions() else [])
+        is_path = isinstance(image, str) and os.path.isabs(image)
+        if is_path and not (is_inside(image, roots) and os.path.isfile(image)):
+            raise InputError("an image is named by its id in the datastore, not by a path")
+        if isinstance(image, str) and not is_path:
             store = datastore or self.datastore()
-            if isinstance(store, DICOMwebMammoDatastore):
-                image = store.resolve(image)  # a series UID (what OHIF sends) names its one mammogram
-                request = {**request, "image": image}
-            elif image not in store.list_images():
-                raise NotFoundError(f"image '{image}' is not in the datastore")
-            request = {"laterality": store.get_image_info(image).get("laterality"), **request}
+            image = self.check_image(image, store)
+            info = store.get_image_info(image)
+            request = {**request, "image": image}
+            request = {"laterality": info.get("laterality"), "view": info.get("view"), **request}
         return super().infer(request, datastore)

@@ -3,6 +3,11 @@
 No learning: Otsu thresholds on a smoothed, downscaled copy; the breast is the largest bright
 component; on MLO views the pectoral muscle is the bright region in
 the upper chest-wall corner, cut along a straight line fitted to its edge (its anatomy).
+
+:func:`body_mask` is the one breast mask every task uses (crops, saliency, this segmentation).
+It leaves out what a digitised film adds around the breast: the bright frame of unexposed film
+along the image edges (thin bands that an opening removes and that touch the border) and the
+labels burnt into the film (bright components apart from the breast once the frame is gone).
 """
 
 from __future__ import annotations
@@ -11,12 +16,60 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.filters import threshold_multiotsu
+from skimage.filters import threshold_multiotsu, threshold_otsu
 
-from mammolabel.io.orientation import body_mask
+WORK_SIZE = 512
+#: Foreground threshold as a fraction of the Otsu threshold: low enough to keep the faint skin zone.
+FOREGROUND_FRACTION = 0.2
+#: Film frame bands are thinner than this (pixels at ``WORK_SIZE``, about 3% of the long side).
+FRAME_WIDTH = 16
 
 #: Labelmap values.
 BREAST, PECTORAL = 1, 2
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros(mask.shape, bool)
+    sizes = ndimage.sum(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+    return lab == (int(np.argmax(sizes)) + 1)
+
+
+def without_film_frame(mask: np.ndarray, width: int = FRAME_WIDTH) -> np.ndarray:
+    """``mask`` less the bands thinner than ``width`` that lie along an image edge (a film's frame).
+
+    An opening across each pair of edges (a line of ``width`` pixels; outside the image counts as
+    background, so the breast where it meets an edge survives it) finds the thin parts; those that
+    touch that edge go, and the largest remaining component is kept (labels the frame joined to it go).
+    """
+    out = mask.copy()
+    for axis, line in ((0, np.ones((width, 1), bool)), (1, np.ones((1, width), bool))):
+        thin, n = ndimage.label(mask & ~ndimage.binary_opening(mask, structure=line))
+        if n:
+            edges = (thin[0], thin[-1]) if axis == 0 else (thin[:, 0], thin[:, -1])
+            touching = np.unique(np.concatenate(edges))
+            out &= ~np.isin(thin, touching[touching > 0])
+    return _largest(out)
+
+
+def body_mask(pixels: np.ndarray, work_size: int = WORK_SIZE) -> tuple[np.ndarray, float]:
+    """Breast foreground on a copy downscaled to ``work_size``: the largest bright component, holes filled,
+    without the film frame and burnt-in labels (see module docstring).
+
+    Returns the mask and the scale factor used (1.0 when the image is already small).
+    """
+    scale = min(1.0, work_size / max(pixels.shape))
+    small = ndimage.zoom(pixels, scale, order=1) if scale < 1 else pixels
+    smooth = ndimage.gaussian_filter(small, 2.0)
+    if smooth.max() <= smooth.min():
+        return np.zeros(smooth.shape, bool), scale
+    mask = _largest(smooth > threshold_otsu(smooth) * FOREGROUND_FRACTION)
+    if not mask.any():
+        return mask, scale
+    mask = np.pad(mask, 3, mode="edge")  # closing must not eat the film edge
+    mask = ndimage.binary_closing(mask, iterations=3)[3:-3, 3:-3]
+    return ndimage.binary_fill_holes(without_film_frame(mask)), scale
 
 
 @dataclass

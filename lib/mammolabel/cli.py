@@ -1,4 +1,4 @@
-"""The ``mammolabel`` command: phantoms, imports, train, train-zoo, infer, evaluate, simulate-al, benchmark.
+"""The ``mammolabel`` command: phantoms, imports, train (and train-zoo), calibrate, infer, evaluate, benchmark.
 
 Errors a user can fix (bad file, unknown task, missing checkpoint) print one line and exit 2.
 """
@@ -38,6 +38,34 @@ def _import_mias(args: argparse.Namespace) -> dict[str, Any]:
     for problem in summary["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
     return {k: v for k, v in summary.items() if k != "problems"} | {"problems": len(summary["problems"])}
+
+
+#: An import prints at most this many of its problems (the summary counts them all).
+SHOWN_PROBLEMS = 20
+
+
+def _report(summary: dict[str, Any]) -> dict[str, Any]:
+    problems = summary.pop("problems", [])
+    for problem in problems[:SHOWN_PROBLEMS]:
+        print(f"warning: {problem}", file=sys.stderr)
+    if len(problems) > SHOWN_PROBLEMS:
+        print(f"warning: ... and {len(problems) - SHOWN_PROBLEMS} more", file=sys.stderr)
+    findings = summary.get("findings")
+    if isinstance(findings, dict):
+        summary["findings"] = _report(findings)
+    return summary | {"problems": len(problems)}
+
+
+def _import_csv(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.data.import_csv import import_csv
+
+    return _report(import_csv(args.csv, args.datastore, args.images, args.layout, dict(args.columns or [])))
+
+
+def _import_dicom(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.data.import_dicom import import_dicom
+
+    return _report(import_dicom(args.dir, args.datastore, args.findings))
 
 
 def _open_studies(studies: str):
@@ -88,7 +116,24 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     request.update(checkpoint=str(out), device=args.device)
     if args.epochs is not None:
         request["epochs"] = args.epochs
+    if args.nproc_per_node or args.nnodes != "1":
+        from mammolabel.engines.distributed import Job, launch
+
+        task.options(request)  # bad options and studies are refused before any process starts
+        _open_studies(args.studies)
+        job = Job(args.task, str(out.parent), request, str(args.studies))
+        return launch(job, args.nproc_per_node or 1, args.nnodes, args.rdzv_endpoint)
     return task(request, _open_studies(args.studies))
+
+
+def _calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.data.datastore import collect_labels
+    from mammolabel.engines.calibration import calibrate
+
+    task = _infer_task(args.task, args.checkpoint)
+    inventory = collect_labels(_open_studies(args.studies))
+    return calibrate(task, inventory, method=args.method, sensitivity=args.sensitivity, specificity=args.specificity,
+                     split=args.split, model_dir=args.model_dir, device=args.device)
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("datastore", type=Path)
     s.set_defaults(func=_import_mias)
 
+    s = sub.add_parser("import-csv", help="import images and findings listed in a CSV (VinDr, CBIS-DDSM, generic)")
+    s.add_argument("csv", type=Path)
+    s.add_argument("datastore", type=Path)
+    s.add_argument("--images", required=True, type=Path, help="folder the CSV's image and mask paths are relative to")
+    s.add_argument("--layout", default="generic", choices=("generic", "vindr", "cbis"))
+    s.add_argument("--columns", type=lambda t: [_key_value(p) for p in t.split(",") if p.strip()], default=[],
+                   metavar="KEY=NAME,...", help="column names for keys (image, finding, birads, x0, mask...)")
+    s.set_defaults(func=_import_csv)
+
+    s = sub.add_parser("import-dicom", help="import every MG instance of a DICOM folder tree")
+    s.add_argument("dir", type=Path)
+    s.add_argument("datastore", type=Path)
+    s.add_argument("--findings", type=Path, help="CSV (generic layout) joined by SOP Instance UID or patient+side+view")
+    s.set_defaults(func=_import_dicom)
+
     s = sub.add_parser("train", help="run a train task on a datastore")
     s.add_argument("task")
     s.add_argument("--studies", required=True, help="datastore folder or DICOMweb URL")
@@ -156,7 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int)
     s.add_argument("--device", default="auto")
     s.add_argument("--set", type=_key_value, action="append", metavar="KEY=VALUE", help="task option")
+    s.add_argument("--nproc-per-node", type=int, default=0, help="train in N processes per node with torchrun "
+                   "(one per GPU; gloo processes on CPU)")
+    s.add_argument("--nnodes", default="1", help="nodes taking part (run the same command on each)")
+    s.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT", help="rendezvous of the nodes (the first's)")
     s.set_defaults(func=_train)
+
+    s = sub.add_parser("calibrate", help="fit a task's probability to a site's labelled images; set an operating point")
+    s.add_argument("task", help="infer task, e.g. classification")
+    s.add_argument("--studies", required=True, help="datastore folder or DICOMweb URL with the site's labels")
+    s.add_argument("--checkpoint", help="the site checkpoint to calibrate")
+    s.add_argument("--model-dir", type=Path, help="where the calibration is stored (default: beside the checkpoint)")
+    s.add_argument("--method", choices=("platt", "isotonic"), default="platt")
+    point = s.add_mutually_exclusive_group()
+    point.add_argument("--sensitivity", type=float, help="operating point: at least this sensitivity (default 0.9)")
+    point.add_argument("--specificity", type=float, help="operating point: at least this specificity")
+    s.add_argument("--split", choices=("all", "val"), default="all", help="val: the checkpoint's validation images")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_calibrate)
 
     s = sub.add_parser("infer", help="run an infer task on image files")
     s.add_argument("task")

@@ -29,3 +29,9 @@ class ModelNotTrainedError(MammoLabelError):
             f"model '{task}' has no trained checkpoint at {path}; run the train task '{train_task}' first "
             f"(POST /train/{train_task} or `mammolabel train {train_task}`)"
         )
+
+
+class ConflictError(MammoLabelError):
+    """A request that would replace something that exists without saying so (e.g. ``overwrite=true``)."""
+
+    status_code = 409

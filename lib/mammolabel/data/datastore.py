@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, LocalDatastore
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 from monailabel.interfaces.datastore import Datastore
 
 from mammolabel.data.labels import (
@@ -35,7 +36,8 @@ from mammolabel.data.labels import (
     boxes_from_mask,
     check_finding,
 )
-from mammolabel.errors import InputError, NotFoundError
+from mammolabel.data.schema import check_info, read_field
+from mammolabel.errors import ConflictError, InputError, NotFoundError
 from mammolabel.io import atomic_path, read_label, read_mammogram, remove_stale_temps
 
 logger = logging.getLogger(__name__)
@@ -55,18 +57,47 @@ class MammoDatastore(LocalDatastore):
     """Local datastore for mammograms with validated and atomic saves (see module docstring)."""
 
     def __init__(self, path: str | os.PathLike, auto_reload: bool = False, read_only: bool = False):
+        # One writer at a time in this process: requests and the auto-reload thread (which would
+        # otherwise change the index while another thread iterates over it).
+        self._mutex = threading.RLock()
         super().__init__(str(path), extensions=EXTENSIONS, auto_reload=auto_reload, read_only=read_only)
         if not read_only:
             self._remove_stale_temps()
 
     def _remove_stale_temps(self) -> None:
-        """The index and the label folders are written only under the datastore lock: a temporary file
-        found there while holding it is stale. Nothing else of the folder is touched."""
+        """The index, the images and the label folders are written only under the datastore lock: a
+        temporary file of theirs found while holding it is stale. Nothing else of the folder is touched."""
         index = Path(self._datastore_config_path)
         with FileLock(self._lock_file):
             remove_stale_temps(index.parent, [index.name])
+            remove_stale_temps(self._datastore.image_path())
             for label_dir in (Path(self._datastore_path) / self._datastore.labels_dir).glob("*/"):
                 remove_stale_temps(label_dir)
+
+    def _on_any_event(self, event) -> None:
+        self._guarded(super()._on_any_event, event)
+
+    def _on_modify_event(self, event) -> None:
+        self._guarded(super()._on_modify_event, event)
+
+    def _guarded(self, handler, event) -> None:
+        """Run a file-watcher handler under the mutex; an error is logged, the watcher thread lives on."""
+        try:
+            with self._mutex:
+                handler(event)
+        except Exception as e:  # noqa: BLE001 - a dead watcher would stop seeing deletions for good
+            logger.error(f"datastore reload after {getattr(event, 'src_path', event)} failed: {type(e).__name__}: {e}")
+
+    def status(self) -> dict[str, Any]:
+        """Counts for ``/info``, from a snapshot of the index (taken without waiting for a writer)."""
+        objects = list(self._datastore.objects.values())  # one C-level copy: safe while another thread writes
+        tags = Counter(tag for obj in objects for tag in list(obj.labels))
+        return {"total": len(objects), "completed": sum(1 for o in objects if o.labels.get(TAG_MASK)),
+                "label_tags": dict(tags)}
+
+    def _reconcile_datastore(self) -> None:
+        with self._mutex:
+            super()._reconcile_datastore()
 
     def _update_datastore_file(self, lock: bool = True) -> None:
         def write() -> None:
@@ -85,24 +116,93 @@ class MammoDatastore(LocalDatastore):
     def image_shape(self, image_id: str) -> tuple[int, int]:
         """(rows, cols) of a stored image."""
         uri = self.get_image_uri(image_id)
-        if not uri:
+        if not uri or not os.path.isfile(uri):
             raise NotFoundError(f"image '{image_id}' is not in the datastore")
         return read_mammogram(uri).shape
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        if image_id:
-            check_name(image_id, "image id")
-        read_mammogram(image_filename)  # raises InputError for anything that is not a usable mammogram
-        return super().add_image(image_id, image_filename, image_info)
+        """Store a new image; an existing id is replaced (with its labels) only with ``overwrite: true``."""
+        info = check_info(image_info, "image info")
+        overwrite = info.pop("overwrite", False) in (True, "true", "1", 1)
+        image_id = check_name(image_id or self._to_id(os.path.basename(image_filename))[0], "image id")
+        picture = read_mammogram(image_filename)  # InputError for anything that is not a usable mammogram
+        if float(picture.pixels.max()) <= float(picture.pixels.min()):
+            raise InputError(f"image '{image_id}' is blank (every pixel has the same value)")
+        ext = self._to_id(os.path.basename(image_filename))[1]
+        with self._mutex, FileLock(self._lock_file):
+            old = self._datastore.objects.get(image_id)
+            if old is not None and not overwrite:
+                raise ConflictError(f"image '{image_id}' exists; send overwrite=true to replace it and its labels")
+            dest = Path(self._datastore.image_path()) / f"{image_id}{ext}"
+            with atomic_path(dest, suffix="") as tmp:  # no image extension: a reload never lists it
+                shutil.copyfile(image_filename, tmp)
+            if old is not None:
+                self._remove_files(image_id, old, keep=dest)
+            info.update(ts=int(time.time()), name=dest.name)
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        logger.info(f"{'Replaced' if old is not None else 'Added'} image '{image_id}'")
+        return image_id
+
+    def _remove_files(self, image_id: str, obj: ImageLabelModel, keep: Path | None = None) -> None:
+        """Delete the image file and every label file of ``obj`` (call under the locks)."""
+        for tag, label in obj.labels.items():
+            (Path(self._datastore.label_path(tag)) / f"{image_id}{label.ext}").unlink(missing_ok=True)
+        image = Path(self._datastore.image_path()) / f"{image_id}{obj.image.ext}"
+        if keep is None or image != keep:
+            image.unlink(missing_ok=True)
+
+    def remove_image(self, image_id: str) -> None:
+        check_name(image_id, "image id")
+        with self._mutex, FileLock(self._lock_file):
+            obj = self._datastore.objects.get(image_id)
+            if obj is None:
+                raise NotFoundError(f"image '{image_id}' is not in the datastore")
+            self._remove_files(image_id, obj)
+            del self._datastore.objects[image_id]
+            self._update_datastore_file(lock=False)
+        logger.info(f"Removed image '{image_id}' and its labels")
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        check_name(label_id, "image id")
+        check_name(label_tag, "label tag")
+        with self._mutex, FileLock(self._lock_file):
+            obj = self._datastore.objects.get(label_id)
+            label = obj.labels.get(label_tag) if obj else None
+            if label is None:
+                raise NotFoundError(f"image '{label_id}' has no label '{label_tag}'")
+            (Path(self._datastore.label_path(label_tag)) / f"{label_id}{label.ext}").unlink(missing_ok=True)
+            del obj.labels[label_tag]
+            self._update_datastore_file(lock=False)
+        logger.info(f"Removed label '{label_tag}' of '{label_id}'")
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        check_name(image_id, "image id")
+        with self._mutex:
+            if image_id not in self._datastore.objects:
+                raise NotFoundError(f"image '{image_id}' is not in the datastore")
+            super().update_image_info(image_id, check_info(info, "image info"))
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        check_name(label_id, "image id")
+        check_name(label_tag, "label tag")
+        with self._mutex:
+            obj = self._datastore.objects.get(label_id)
+            if obj is None or label_tag not in obj.labels:
+                raise NotFoundError(f"image '{label_id}' has no label '{label_tag}'")
+            checked = check_info(info, "label info")
+            if label_tag == TAG_FINDING and "finding" in checked and checked["finding"] is None:
+                raise InputError("label info: a finding label needs a finding")
+            super().update_label_info(label_id, label_tag, checked)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         check_name(image_id, "image id")
         check_name(label_tag, "label tag")
         if image_id not in self._datastore.objects:
             raise NotFoundError(f"image '{image_id}' is not in the datastore")
-        info = dict(label_info or {})
-        if label_tag == TAG_FINDING:
-            return self._save_finding(image_id, label_filename, info)
+        if label_tag == TAG_FINDING:  # checked once merged with the finding document
+            return self._save_finding(image_id, label_filename, dict(label_info or {}))
+        info = check_info(label_info, "label info")
         mask = read_label(label_filename, self.image_shape(image_id))
         boxes = boxes_from_mask(mask)
         if label_tag == TAG_BOX and not boxes:
@@ -120,7 +220,7 @@ class MammoDatastore(LocalDatastore):
                 raise InputError(f"finding label for '{image_id}' must be a JSON document ({e})") from e
             if not isinstance(doc, dict):
                 raise InputError(f"finding label for '{image_id}' must be a JSON object")
-            info = {**doc, **info}
+            info = check_info({**doc, **info}, "finding label")
         info["finding"] = check_finding(info.get("finding"))
         text = json.dumps({k: v for k, v in info.items() if k not in ("ts", "name")}, indent=1)
         return self._store(image_id, TAG_FINDING, ".json", info, lambda tmp: Path(tmp).write_text(text))
@@ -128,11 +228,13 @@ class MammoDatastore(LocalDatastore):
     def _store(self, image_id: str, tag: str, ext: str, info: dict[str, Any], write) -> str:
         label_dir = Path(self._datastore.label_path(tag))
         dest = label_dir / f"{image_id}{ext}"
-        with FileLock(self._lock_file):
+        with self._mutex, FileLock(self._lock_file):
+            obj = self._datastore.objects.get(image_id)
+            if obj is None:
+                raise NotFoundError(f"image '{image_id}' is not in the datastore")
             label_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(dest) as tmp:
                 write(tmp)
-            obj = self._datastore.objects[image_id]
             old = obj.labels.get(tag)
             if old is not None and old.ext != ext:
                 (label_dir / f"{image_id}{old.ext}").unlink(missing_ok=True)
@@ -173,30 +275,31 @@ def collect_labels(datastore: Datastore, image_paths: bool = True) -> LabelInven
         rec = ImageLabels(
             image_id=image_id,
             image_path=datastore.get_image_uri(image_id) if image_paths else "",
-            patient_id=str(info.get("patient_id") or image_id),
-            laterality=info.get("laterality"),
-            spacing_mm=float(info["spacing_mm"]) if info.get("spacing_mm") else None,
+            patient_id=str(read_field(info, "patient_id", None, counts, image_id) or image_id),
+            laterality=read_field(info, "laterality", None, counts, image_id),
+            spacing_mm=read_field(info, "spacing_mm", None, counts, image_id),
         )
         finding_info = datastore.get_label_info(image_id, TAG_FINDING) if TAG_FINDING in tags else {}
         finding = finding_info.get("finding") or info.get("finding")
         try:
             rec.finding = check_finding(finding) if finding else None
-        except InputError as e:  # image info is not validated on update: leave the image out of training
+        except InputError as e:  # a bad stored finding: leave the image out of training
             logger.warning(f"image '{image_id}' skipped: {e}")
             counts["invalid_finding"] += 1
             continue
-        rec.lesion_types = list(finding_info.get("lesion_types") or info.get("lesion_types") or [])
-        rec.radii = [float(r) for r in finding_info.get("radii") or []]
+        rec.lesion_types = (read_field(finding_info, "lesion_types", None, counts, image_id)
+                            or read_field(info, "lesion_types", [], counts, image_id))
+        rec.radii = read_field(finding_info, "radii", [], counts, image_id)
         if TAG_BOX in tags:
             box_info = datastore.get_label_info(image_id, TAG_BOX)
-            rec.boxes = [list(map(int, b)) for b in box_info.get("boxes", [])]
+            rec.boxes = read_field(box_info, "boxes", [], counts, image_id)
             rec.box_path = datastore.get_label_uri(image_id, TAG_BOX)
-            rec.points = [list(map(float, p)) for p in box_info.get("points", [])]
+            rec.points = read_field(box_info, "points", [], counts, image_id)
         if TAG_MASK in tags:
             rec.mask_path = datastore.get_label_uri(image_id, TAG_MASK)
             mask_info = datastore.get_label_info(image_id, TAG_MASK)
-            rec.boxes = rec.boxes or [list(map(int, b)) for b in mask_info.get("boxes", [])]
-        rec.points = rec.points or [list(map(float, p)) for p in finding_info.get("points", [])]
+            rec.boxes = rec.boxes or read_field(mask_info, "boxes", [], counts, image_id)
+        rec.points = rec.points or read_field(finding_info, "points", [], counts, image_id)
         counts.update(rec.kinds or {"unlabelled"})
         images.append(rec)
     return LabelInventory(images, counts)

@@ -233,7 +233,9 @@ class DICOMwebMammoDatastore(MammoDatastore):
             ds.save_as(str(path), write_like_original=False)
             meta = read_dicom(path).meta  # refuses what the Foundation's reader cannot read, with the reason
             image_info = dict(info)
-            image_info.update(laterality=meta["laterality"], view=meta["view"], spacing=meta["spacing"])
+            laterality = meta["laterality"] if meta["laterality"] in ("L", "R") else None  # not U or B
+            image_info.update(laterality=laterality, view=meta["view"], spacing=meta["spacing"],
+                              overwrite=True)  # a cached copy whose file has gone is fetched again
             super().add_image(uid, str(path), image_info)
         return super().get_image_uri(uid)
 

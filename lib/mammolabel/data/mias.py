@@ -3,7 +3,8 @@
 ``Info.txt`` rows read ``ref tissue class [severity [x y radius]]`` with the origin of x, y at the
 bottom-left corner (row = height - 1 - y). A film gets a ``finding`` (its most severe row), and
 each located lesion a box (``box``) and a circle mask (``final``); diffuse calcifications without
-a centre are a finding only. Malformed rows are reported with their line number and skipped.
+a centre (no coordinates, or a ``*NOTE 3*`` in their place) are a finding only. Malformed rows
+are reported with their line number and skipped.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ CLASSES = {
     "ASYM": "asymmetry",
     "NORM": None,
 }
-_ROW = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]{4})(?:\s+([BM])(?:\s+(\d+)\s+(\d+)\s+(\d+))?)?\s*$")
+#: A row's coordinates may be replaced by a note (``*NOTE 3*``: widely distributed calcifications).
+_ROW = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]{4})"
+                  r"(?:\s+([BM])(?:\s+(\d+)\s+(\d+)\s+(\d+)|(?:\s+\d+)*\s+\*NOTE\s*\d+\*)?)?\s*$")
 
 
 @dataclass
@@ -115,7 +118,8 @@ def import_mias(mias_dir: str | os.PathLike, datastore_dir: str | os.PathLike) -
                 with Image.open(source) as im:
                     im.save(png, format="PNG")
             store.add_image(ref, str(png), {"patient_id": film.patient_id, "laterality": film.laterality,
-                                            "tissue": film.tissue, "spacing_mm": 0.2, "view": "MLO", "source": "MIAS"})
+                                            "tissue": film.tissue, "spacing_mm": 0.2, "view": "MLO", "source": "MIAS",
+                                            "overwrite": True})  # importing again replaces the film and its labels
             located = [les for les in film.lesions if les.centre is not None]
             points = [[float(x), float(rows - 1 - y)] for x, y in (les.centre for les in located)]
             radii = [float(les.radius) for les in located]

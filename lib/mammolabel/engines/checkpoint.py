@@ -1,4 +1,7 @@
-"""Checkpoints: ``{"model": state_dict, ...}`` written atomically, read with ``weights_only=True``."""
+"""Checkpoints: ``{"model": state_dict, ...}`` written atomically, read with ``weights_only=True``.
+
+Under torchrun rank 0 alone writes a checkpoint, and every rank waits until it is written.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +12,22 @@ from typing import Any
 
 import torch
 
+from mammolabel.engines.distributed import main_only
 from mammolabel.errors import InputError, NotFoundError
 from mammolabel.io import atomic_path
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module | dict, **extra: Any) -> Path:
     """Save ``model``'s state dict (plus ``extra`` plain values) to ``path`` in one atomic rename."""
-    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
-    state = {k: v.detach().cpu() for k, v in state.items()}
     path = Path(path)
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save({"model": state, **extra}, tmp)
+
+    def write() -> None:
+        state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+        state = {k: v.detach().cpu() for k, v in state.items()}
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save({"model": state, **extra}, tmp)
+
+    main_only(write)
     return path
 
 

@@ -39,6 +39,7 @@ from mammolabel.data.datastore import LabelInventory, MammoDatastore
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
 from mammolabel.engines.checkpoint import load_checkpoint
+from mammolabel.engines.distributed import main_only
 from mammolabel.engines.loop import FitOptions, FitResult, fit, last_path, resolve_device, write_stats
 from mammolabel.engines.progress import Progress
 from mammolabel.errors import InputError
@@ -469,7 +470,7 @@ def restart_if_changed(out: Path, signature: dict[str, Any]) -> None:
     last = last_path(out)
     if last.exists() and load_checkpoint(last).get("signature") != signature:
         logger.info(f"train_classifier: {out.name} was trained with other settings; this stage starts afresh")
-        last.unlink()
+        main_only(last.unlink)
 
 
 def file_digest(path: Path) -> str:
@@ -601,7 +602,11 @@ def train_classifier(inventory: LabelInventory, values: dict[str, Any], out: str
                                  stage_path(out, "holistic"), stage_path(out, "attention"), meta, seed)
         summary["attention"] = stage_summary(result)
     last = stage_path(out, "holistic" if opts.stage == "holistic" else "attention")
-    with atomic_path(out, suffix=".pt") as tmp:
-        shutil.copyfile(last, tmp)
+
+    def publish() -> None:
+        with atomic_path(out, suffix=".pt") as tmp:
+            shutil.copyfile(last, tmp)
+
+    main_only(publish)
     write_stats(out, summary)
     return summary

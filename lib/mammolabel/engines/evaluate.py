@@ -1,4 +1,4 @@
-"""Evaluate an infer task over a datastore: metrics JSON, per-image rows, overlays and ROC plots.
+"""Evaluate an infer task over a datastore: metrics JSON, per-image rows, overlays, ROC and reliability plots.
 
 The task runs exactly as the server runs it (same pre-processing, same writer); each task scores
 its own output per image (:meth:`MammoInferTask.score`) and this module aggregates the rows into
@@ -17,6 +17,7 @@ import numpy as np
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
+from mammolabel.engines import calibration
 from mammolabel.engines.progress import Progress
 from mammolabel.io import atomic_path, read_label, read_mammogram
 from mammolabel.metrics import auc, roc
@@ -92,11 +93,13 @@ def evaluate(
     progress = Progress(len(records), f"evaluate {task.name}", every_s=15)
     for rec in records:
         labelmap, result = run_task(task, rec.image_path, device, rec.laterality)
-        rows.append({"image_id": rec.image_id, "finding": rec.finding, **task.score(rec, labelmap, result)})
+        rows.append({"image_id": rec.image_id, "finding": rec.finding, **task.score(rec, labelmap, result),
+                     **calibration.evaluation_row(task, rec, result)})
         progress.update()
 
     metrics = summarise(rows)
     metrics.update(task.summarise(rows))
+    metrics["calibration"] = calibration.report(task.name, rows, out_dir)
     metrics["rows"] = rows
     with atomic_path(out_dir / "metrics.json", suffix=".json") as tmp:
         Path(tmp).write_text(json.dumps(metrics, indent=2, default=float))

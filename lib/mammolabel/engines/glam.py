@@ -38,6 +38,7 @@ from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.dataset import Sample, prepare
 from mammolabel.data.split import split_by_patient
 from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.engines.distributed import main_only
 from mammolabel.engines.loop import FitOptions, fit, last_path, resolve_device, stats_path
 from mammolabel.engines.progress import Progress
 from mammolabel.errors import InputError
@@ -406,8 +407,7 @@ def train_glam(inventory: LabelInventory, options: GlamOptions, out: str | Path)
         meta = {**base, "init_digest": None if stage == "global" else state_digest(net.state_dict())}
         if not options.resume or _is_stale(stages_dir, stage, meta):
             logger.info(f"glam {stage}: starting afresh (resume off, or other options, images or starting weights)")
-            for p in _stage_paths(stages_dir, stage):
-                p.unlink(missing_ok=True)
+            main_only(lambda: [p.unlink(missing_ok=True) for p in _stage_paths(stages_dir, stage)])
         summary.append(_run_stage(net, stage, train, val, options, stages_dir, meta))
     final = load_checkpoint(stages_dir / f"{run[-1]}.pt")
     save_checkpoint(out, final.pop("model"), **final, stages=summary)

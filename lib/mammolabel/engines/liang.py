@@ -39,6 +39,7 @@ from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.dataset import Sample, prepare
 from mammolabel.data.split import split_by_patient
 from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.engines.distributed import main_only
 from mammolabel.engines.loop import FitOptions, fit, resolve_device, to_device
 from mammolabel.engines.progress import Progress
 from mammolabel.errors import InputError
@@ -330,8 +331,8 @@ def train_liang(inventory: LabelInventory, options: LiangOptions, out: str | Pat
             "val_images": [r.image_id for r in val_records], "train_images": [r.image_id for r in train_records]}
     stages_dir = out.with_name(out.stem + ".stages")
     if stages_dir.exists() and (not options.resume or _stale(stages_dir, meta)):
-        shutil.rmtree(stages_dir)
-    stages_dir.mkdir(parents=True, exist_ok=True)
+        main_only(lambda: shutil.rmtree(stages_dir))
+    main_only(lambda: stages_dir.mkdir(parents=True, exist_ok=True))
 
     summary = [_classifier_stage(net, train, val, options, stages_dir / "classifier.pt", meta)]
     _load_best(net, stages_dir / "classifier.pt")

@@ -5,6 +5,9 @@ with an ETA, validates every epoch, keeps the best checkpoint at ``out`` and the
 ``out.last.pt`` (both written atomically, with the optimizer state for resuming), and resumes
 from ``out.last.pt`` when it exists. A run that does not resume starts from the weights of
 :func:`initialised_from`'s checkpoint where they fit (fine-tuning a shipped or site-trained model).
+Under torchrun (:mod:`mammolabel.engines.distributed`) each process trains on its share of the
+batches under DistributedDataParallel; rank 0 alone validates, logs, tracks and writes, and every
+epoch checks that the processes hold the same weights.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import torch
 
+from mammolabel.engines import distributed, tracking
 from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.engines.progress import Progress, format_seconds
 from mammolabel.io import atomic_path, remove_stale_temps
@@ -135,7 +139,7 @@ def discard_stale_resume(out: Path, meta: dict[str, Any], keys: tuple[str, ...])
     changed = [k for k in keys if _resume_view(previous, k) != _resume_view(meta, k)]
     if changed:
         logger.warning(f"{path} was written with another {', '.join(changed)}; starting afresh")
-        path.unlink()
+        distributed.main_only(path.unlink)
 
 
 def stats_path(out: Path) -> Path:
@@ -143,8 +147,13 @@ def stats_path(out: Path) -> Path:
 
 
 def write_stats(out: Path, stats: dict[str, Any]) -> None:
-    with atomic_path(stats_path(out), suffix=".json") as tmp:
-        Path(tmp).write_text(json.dumps(stats, indent=2, default=str))
+    """Write ``<out>.stats.json`` (on rank 0 alone under torchrun)."""
+
+    def write() -> None:
+        with atomic_path(stats_path(out), suffix=".json") as tmp:
+            Path(tmp).write_text(json.dumps(stats, indent=2, default=str))
+
+    distributed.main_only(write)
 
 
 def _warn_if_long(desc: str, elapsed: float, steps: int, remaining_steps: int) -> None:
@@ -182,7 +191,8 @@ def fit(
         meta: plain values stored in every checkpoint (network config, label report...).
     """
     out = Path(out)
-    remove_stale_temps(out.parent, [out.name, last_path(out).name, stats_path(out).name])  # left by a kill
+    names = [out.name, last_path(out).name, stats_path(out).name]
+    distributed.main_only(lambda: remove_stale_temps(out.parent, names))  # temporary files a kill left
     device = resolve_device(options.device)
     on_gpu = device.type == "cuda"
     model.to(device)
@@ -212,21 +222,25 @@ def fit(
             logger.warning(f"{desc}: {init} does not fit this network (another preset or size); not used")
 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (on_gpu and options.amp) else None
+    world = distributed.world_size()
+    run_step = distributed.parallel_step(model, step, device)
     started = time.monotonic()
     for epoch in range(start_epoch, options.epochs):
         model.train()
-        progress = Progress(steps_per_epoch, f"{desc} epoch {epoch + 1}/{options.epochs}", options.log_every_s)
+        progress = Progress(-(-steps_per_epoch // world), f"{desc} epoch {epoch + 1}/{options.epochs}",
+                            options.log_every_s)
         total, count = 0.0, 0
-        for batch in batches(epoch):
+        for batch in distributed.shard(batches(epoch)):
             if epoch == start_epoch and count == 3:
-                _warn_if_long(desc, time.monotonic() - started, count, steps_per_epoch * (options.epochs - epoch))
+                _warn_if_long(desc, time.monotonic() - started, count,
+                              -(-steps_per_epoch // world) * (options.epochs - epoch))
             batch = to_device(batch, device, on_gpu and options.channels_last)
             optimizer.zero_grad(set_to_none=True)
             if amp is not None:
                 with amp:
-                    loss = step(model, batch)
+                    loss = run_step(batch)
             else:
-                loss = step(model, batch)
+                loss = run_step(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss is {loss.item()} at epoch {epoch + 1}; lower the learning rate")
             loss.backward()
@@ -238,9 +252,14 @@ def fit(
         if scheduler is not None:
             scheduler.step()
 
+        total, count = distributed.mean_over_ranks(total, count)
+        digests = distributed.check_in_sync(model, desc) if world > 1 else None
         model.eval()
-        with torch.no_grad():
-            metrics = {k: float(v) for k, v in validate(model).items()}
+        metrics = None
+        if distributed.is_main():
+            with torch.no_grad():
+                metrics = {k: float(v) for k, v in validate(model).items()}
+        metrics = distributed.broadcast(metrics)
         value = metrics.get(metric, -math.inf)
         improved = value > best or best_epoch < 0
         if improved:
@@ -259,8 +278,10 @@ def fit(
             f"{desc} epoch {epoch + 1}/{options.epochs}: {shown} | best {metric}={best:.4g} "
             f"(epoch {best_epoch + 1}){' *saved*' if improved else ''} | ETA {format_seconds(eta)}"
         )
+        tracking.log_epoch(desc, record)
+        parallel = {"distributed": {"world_size": world, "backend": distributed.backend(), "weights_sha256": digests}}
         write_stats(out, {"stage": desc, "epoch": epoch + 1, "epochs": options.epochs, "eta_s": round(eta),
                           "latest": record, "best_metric": best, "metric": metric, "best_epoch": best_epoch + 1,
-                          "history": history, "options": asdict(options), **meta})
+                          "history": history, "options": asdict(options), **meta, **(parallel if digests else {})})
 
     return FitResult(str(out), best, best_epoch + 1, len(history), history)

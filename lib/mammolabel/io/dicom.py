@@ -12,7 +12,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from mammolabel.data.view import dicom_laterality, dicom_view
 from mammolabel.errors import InputError
+from mammolabel.io.dicom_checks import check_header
 from mammolabel.io.image import Mammogram, normalise
 
 #: Digital Mammography X-Ray Image Storage - For Presentation.
@@ -55,6 +57,7 @@ def read_dicom(path: Path) -> Mammogram:
         raise InputError(f"{path}: not a readable DICOM file ({e})") from e
     if "PixelData" not in ds:
         raise InputError(f"{path}: DICOM object has no pixel data (modality {ds.get('Modality', '?')})")
+    check_header(path, ds)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise InputError(f"{path}: multi-frame DICOM ({frames} frames, e.g. tomosynthesis) is not supported")
@@ -80,13 +83,17 @@ def read_dicom(path: Path) -> Mammogram:
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    laterality, laterality_source = dicom_laterality(ds)
+    view, view_source = dicom_view(ds)
     meta = {
         "path": str(path),
         "format": "dicom",
         "bits": int(ds.get("BitsStored", 16)),
         "spacing": (float(spacing[0]), float(spacing[1])) if spacing else None,
-        "laterality": (ds.get("ImageLaterality") or ds.get("Laterality") or None),
-        "view": ds.get("ViewPosition") or None,
+        "laterality": laterality,
+        "laterality_source": laterality_source,
+        "view": view,
+        "view_source": view_source,
         "patient_orientation": [str(v) for v in ds.get("PatientOrientation") or []],
         "photometric": photometric,
         "modality": ds.get("Modality"),

@@ -13,33 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
-from skimage.filters import threshold_otsu
 
+from mammolabel.breast import body_mask
 from mammolabel.io.image import Mammogram
-
-WORK_SIZE = 512
-#: Foreground threshold as a fraction of the Otsu threshold: low enough to keep the faint skin zone.
-FOREGROUND_FRACTION = 0.2
-
-
-def body_mask(pixels: np.ndarray, work_size: int = WORK_SIZE) -> tuple[np.ndarray, float]:
-    """Breast foreground on a copy downscaled to ``work_size``: the largest bright component, holes filled.
-
-    Returns the mask and the scale factor used (1.0 when the image is already small).
-    """
-    scale = min(1.0, work_size / max(pixels.shape))
-    small = ndimage.zoom(pixels, scale, order=1) if scale < 1 else pixels
-    smooth = ndimage.gaussian_filter(small, 2.0)
-    if smooth.max() <= smooth.min():
-        return np.zeros(smooth.shape, bool), scale
-    lab, n = ndimage.label(smooth > threshold_otsu(smooth) * FOREGROUND_FRACTION)
-    if n == 0:
-        return np.zeros(smooth.shape, bool), scale
-    sizes = ndimage.sum(np.ones_like(lab), lab, index=np.arange(1, n + 1))
-    mask = np.pad(lab == (int(np.argmax(sizes)) + 1), 3, mode="edge")  # closing must not eat the film edge
-    mask = ndimage.binary_closing(mask, iterations=3)[3:-3, 3:-3]
-    return ndimage.binary_fill_holes(mask), scale
 
 
 def chest_wall_side(pixels: np.ndarray) -> str:

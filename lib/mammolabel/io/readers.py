@@ -36,10 +36,18 @@ def file_format(path: Path) -> str:
     raise InputError(f"{path}: unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)})")
 
 
-def _check_size(path: Path, shape: tuple[int, ...]) -> None:
+#: Decoded bytes one image may take, checked from its header before anything is expanded.
+MAX_DECODED_BYTES = 256 * 1024 * 1024
+
+
+def _check_size(path: Path, shape: tuple[int, ...], itemsize: int = 1) -> None:
     sides = [int(s) for s in shape[:2]]
-    if min(sides) < MIN_SIDE or int(np.prod(shape)) > MAX_PIXELS:
+    if len(sides) < 2 or min(sides) < MIN_SIDE or int(np.prod(shape, dtype=np.float64)) > MAX_PIXELS:
         raise InputError(f"{path}: image size {'x'.join(map(str, shape))} is outside the supported range")
+    if len(shape) > 3 or (len(shape) == 3 and int(shape[2]) != 1):
+        raise InputError(f"{path}: expected a 2D image (or W x H x 1), got shape {tuple(int(s) for s in shape)}")
+    if int(np.prod(shape, dtype=np.float64)) * itemsize > MAX_DECODED_BYTES:
+        raise InputError(f"{path}: image would take more than {MAX_DECODED_BYTES >> 20} MB once decoded")
 
 
 def _read_pil(path: Path) -> tuple[np.ndarray, int]:
@@ -81,7 +89,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
 
     try:
         img = nib.load(str(path))
-        _check_size(path, img.shape)
+        _check_size(path, img.shape, np.dtype(img.get_data_dtype()).itemsize)
         arr = np.asarray(img.dataobj)
     except InputError:
         raise
@@ -96,7 +104,10 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
 
     try:
         header = nrrd.read_header(str(path))
-        _check_size(path, tuple(int(s) for s in header.get("sizes", [0])))
+        if any(key in header for key in ("data file", "datafile")):
+            raise InputError(f"{path}: NRRD with a detached data file; store the image as one attached .nrrd")
+        itemsize = np.dtype(nrrd.reader._determine_datatype(header)).itemsize
+        _check_size(path, tuple(int(s) for s in header.get("sizes", [0])), itemsize)
         arr, header = nrrd.read(str(path))
     except InputError:
         raise
@@ -114,6 +125,8 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if not (path.is_file() or path.is_dir()):
+        raise InputError(f"{path}: not a regular file")
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
 

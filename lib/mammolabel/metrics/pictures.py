@@ -1,4 +1,4 @@
-"""Pictures a person looks at: overlays of results on the film, ROC curves."""
+"""Pictures a person looks at: overlays of results on the film, ROC curves, reliability diagrams."""
 
 from __future__ import annotations
 
@@ -61,6 +61,35 @@ def save_roc(path: str | os.PathLike, curves: dict[str, tuple[np.ndarray, np.nda
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def save_reliability(path: str | os.PathLike, curves: dict[str, np.ndarray], truth: np.ndarray, title: str,
+                     bins: int = 10) -> Path:
+    """Reliability diagram: the share of positive images against the mean probability, in equal-width bins,
+    one curve per entry ``name: probabilities`` (with its Brier score), and the diagonal of a calibrated one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth = np.asarray(truth, float)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    for name, p in curves.items():
+        p = np.asarray(p, float)
+        index = np.minimum((p * bins).astype(int), bins - 1)
+        used = [b for b in range(bins) if (index == b).any()]
+        ax.plot([p[index == b].mean() for b in used], [truth[index == b].mean() for b in used], marker="o",
+                label=f"{name} (Brier {np.mean((p - truth) ** 2):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="mean probability in bin", ylabel="share of positive images", title=title, xlim=(0, 1),
+           ylim=(0, 1.01))
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:

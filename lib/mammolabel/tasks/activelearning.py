@@ -31,6 +31,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 
 from mammolabel.data.datastore import collect_labels
 from mammolabel.data.labels import ImageLabels
+from mammolabel.data.schema import read_field
 from mammolabel.engines.progress import Progress
 from mammolabel.tasks.infer import MammoInferTask, Prediction
 from mammolabel.transforms import LoadMammogramd
@@ -61,8 +62,8 @@ class MammoStrategy(Strategy):
         now = time.time()
         free = []
         for rec in collect_labels(datastore, image_paths=False).images:
-            lock = datastore.get_image_info(rec.image_id).get("lock") or {}
-            held = lock.get("client_id") not in (None, client) and now - float(lock.get("ts", 0)) < self.lock_seconds
+            lock = read_field(datastore.get_image_info(rec.image_id), "lock", {}, where=rec.image_id)
+            held = lock.get("client_id") not in (None, client) and now - lock["ts"] < self.lock_seconds
             if "mask" not in rec.kinds and not held:
                 free.append(rec)
         if not free:
@@ -110,8 +111,8 @@ class UncertaintyStrategy(MammoStrategy):
         super().__init__("Most uncertain image first (run the 'uncertainty' scoring method to update)")
 
     def choose(self, candidates, request, datastore):
-        scored = [(float(datastore.get_image_info(r.image_id).get("uncertainty", {}).get("score", -1)), r.image_id)
-                  for r in candidates]
+        scored = [(read_field(datastore.get_image_info(r.image_id), "uncertainty", {"score": -1.0},
+                              where=r.image_id)["score"], r.image_id) for r in candidates]
         best_score, best = max(scored)
         if best_score < 0:
             return random.choice(candidates).image_id, "no uncertainty scores yet (run /scoring/uncertainty): random"
@@ -120,7 +121,8 @@ class UncertaintyStrategy(MammoStrategy):
 
 def predict_file(task: MammoInferTask, path: str, device: str = "cpu", laterality: str | None = None) -> Prediction:
     """Run a task's prediction on one file (canonical orientation), without writing a labelmap."""
-    data = LoadMammogramd(keys="image")({"image": path, "laterality": laterality, "device": device})
+    load = LoadMammogramd(keys="image", find_view=False)  # scoring needs no view: no pectoral search per image
+    data = load({"image": path, "laterality": laterality, "device": device})
     with torch.inference_mode():
         return task.predict(data["image"], dict(data["image"].meta), data)
 

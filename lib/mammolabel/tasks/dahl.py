@@ -31,6 +31,7 @@ from mammolabel.engines.dahl import (
     exam_images,
     exam_summary,
     image_side,
+    options_from,
     saliency_maps,
     summarise_rows,
     train_classifier,
@@ -156,6 +157,9 @@ class ClassifierTrain(MammoTrainTask):
                  "classifier from image-level findings",
                  defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
         super().__init__(model_dir, description, defaults, shipped)
+
+    def check(self, options: dict[str, Any]) -> None:
+        options_from(options)
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return train_classifier(inventory, options, out)

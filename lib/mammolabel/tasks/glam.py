@@ -249,5 +249,8 @@ class TrainGlam(MammoTrainTask):
                  defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
         super().__init__(model_dir, description, defaults, shipped)
 
+    def check(self, options: dict[str, Any]) -> None:
+        GlamOptions.from_mapping(options)
+
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return train_glam(inventory, GlamOptions.from_mapping(options), out)

@@ -20,6 +20,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from mammolabel.data.labels import ImageLabels
+from mammolabel.engines import calibration
 from mammolabel.engines.checkpoint import load_checkpoint
 from mammolabel.errors import MammoLabelError, ModelNotTrainedError
 from mammolabel.io import boxes_from_canonical, from_canonical, points_from_canonical, write_labelmap
@@ -204,6 +205,7 @@ class MammoInferTask(BasicInferTask):
             "flipped": bool(meta.get("flipped")),
             "laterality": meta.get("laterality"),
             "view": meta.get("view"),
+            "view_inferred": meta.get("view_source") == "pixels",
             "spacing": meta.get("spacing"),
             **pred.values,
             "points": pred.points,
@@ -211,6 +213,7 @@ class MammoInferTask(BasicInferTask):
         }
         if self.train_task:
             result["checkpoint"] = self.checkpoint_info()
+        result["calibration"] = calibration.annotate(self, result)
         if self.dicom_sink is not None and meta.get("format") == "dicom":
             try:
                 result["dicom"] = self.dicom_sink.store_results(self.name, dict(self.labels), pred, meta)

@@ -150,5 +150,8 @@ class CamSelfTrainingTrain(MammoTrainTask):
                  defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
         super().__init__(model_dir, description, defaults, shipped)
 
+    def check(self, options: dict[str, Any]) -> None:
+        LiangOptions.from_mapping(options)
+
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return train_liang(inventory, LiangOptions.from_mapping(options), out)

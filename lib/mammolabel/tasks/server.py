@@ -1,12 +1,15 @@
 """What the MammoLabel app adds to the MONAI Label server.
 
-- Errors a client can fix become JSON 4xx answers with a message, never a traceback.
-- :class:`RequestGuard` refuses form parameters that are not a JSON object (before MONAI Label
-  trips over them), refuses oversized uploads, and bounds inference concurrency: requests beyond
-  ``MAMMOLABEL_MAX_CONCURRENT_INFER`` wait in a queue of at most ``MAMMOLABEL_MAX_QUEUED_INFER``;
-  past that the answer is 429 (busy, retry) rather than unbounded memory. Without authentication it
-  also refuses to replace or delete a model file over HTTP (``PUT``/``DELETE /model/<name>``), so no
-  anonymous request writes outside the datastore; ``MAMMOLABEL_ALLOW_MODEL_UPLOAD=true`` allows it.
+- Errors a client can fix become JSON 4xx answers with a message, never a traceback; anything else
+  is a JSON 500 naming what failed (the traceback goes to the log only).
+- :class:`RequestGuard` refuses an upload larger than ``MAMMOLABEL_MAX_UPLOAD_MB`` by its
+  Content-Length (before the body is read), form parameters and JSON bodies that are not a JSON object
+  or are nested absurdly deep, and uploaded file names too long to store (before MONAI Label trips
+  over them). It bounds inference concurrency: requests beyond ``MAMMOLABEL_MAX_CONCURRENT_INFER``
+  wait in a queue of at most ``MAMMOLABEL_MAX_QUEUED_INFER``; past that the answer is 429 (busy,
+  retry) rather than unbounded memory. Without authentication it also refuses to replace or delete a
+  model file over HTTP (``PUT``/``DELETE /model/<name>``), so no anonymous request writes outside the
+  datastore; ``MAMMOLABEL_ALLOW_MODEL_UPLOAD=true`` allows it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import asyncio
 import json
 import logging
 import os
+from pathlib import PurePath
 from typing import Any
 
 from fastapi import FastAPI, Request
+from starlette.datastructures import UploadFile
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException, MONAILabelError
@@ -48,7 +53,49 @@ async def _monailabel_error(request: Request, exc: MONAILabelException) -> JSONR
 async def _json_error(request: Request, exc: json.JSONDecodeError) -> JSONResponse:
     """Request parameters (``params``, ``info``) that are not JSON are the client's error."""
     logger.warning(f"{request.method} {request.url.path}: {exc}")
-    return JSONResponse(status_code=400, content={"detail": f"parameters are not valid JSON: {exc}", "error": "JSONDecodeError"})
+    return JSONResponse(status_code=400, content={"detail": f"parameters are not valid JSON: {exc}",
+                                                  "error": "JSONDecodeError"})
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """Last resort: a 500 that names what failed, without the traceback (which goes to the log)."""
+    logger.error(f"{request.method} {request.url.path}: unexpected {type(exc).__name__}: {exc}")
+    return JSONResponse(status_code=500, content={"detail": f"internal error while serving {request.url.path}: "
+                                                            f"{type(exc).__name__}: {str(exc)[:300]}",
+                                                  "error": type(exc).__name__})
+
+
+MAX_JSON_DEPTH = 32
+MAX_FILENAME = 200
+
+
+def json_problem(text: str | bytes, what: str) -> str | None:
+    """Why ``text`` is not a usable JSON object of parameters (None when it is)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return f"'{what}' is nested too deeply"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"'{what}' is not valid JSON: {e}"
+    if not isinstance(value, dict):
+        return f"'{what}' must be a JSON object, got {type(value).__name__}"
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"'{what}' is nested more than {MAX_JSON_DEPTH} levels deep"
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return None
+
+
+def filename_problem(name: str) -> str | None:
+    """Why an uploaded file's name cannot be stored (None when it can)."""
+    if len(name.encode("utf-8", "replace")) > MAX_FILENAME:
+        return f"uploaded file name longer than {MAX_FILENAME} bytes"
+    if len("".join(PurePath(name).suffixes)) > 32:
+        return f"uploaded file name {name[:60]!r} has an extension longer than 32 characters"
+    return None
 
 
 def _env_int(name: str, default: int) -> int:
@@ -77,6 +124,11 @@ class RequestGuard:
         unknown = self._unknown_name(scope["path"])
         if unknown:
             return await self._answer(scope, send, 404, unknown)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_upload:
+            return await self._answer(scope, send, 413 if length.isdigit() else 400,
+                                      f"upload larger than {self.max_upload >> 20} MB" if length.isdigit()
+                                      else "invalid Content-Length")
         body = bytearray()
         more = True
         while more:
@@ -100,7 +152,7 @@ class RequestGuard:
 
             return receive_again
 
-        problem = await self._check_form(scope, replay())
+        problem = await self._check_form(scope, replay(), bytes(body))
         if problem:
             return await self._answer(scope, send, 400, problem)
         if not scope["path"].startswith("/infer/"):
@@ -125,8 +177,10 @@ class RequestGuard:
             return f"unknown {parts[0]} task '{parts[1]}'; known: {names}"
         return None
 
-    async def _check_form(self, scope: Scope, receive: Receive) -> str | None:
+    async def _check_form(self, scope: Scope, receive: Receive, body: bytes) -> str | None:
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+        if content_type.startswith("application/json") and body.strip():
+            return json_problem(body, "request body")
         if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             return None
         request = Request(scope, receive)
@@ -138,12 +192,13 @@ class RequestGuard:
             for name in self.FORM_FIELDS:
                 text = form.get(name)
                 if isinstance(text, str) and text.strip():
-                    try:
-                        value = json.loads(text)
-                    except json.JSONDecodeError as e:
-                        return f"'{name}' is not valid JSON: {e}"
-                    if not isinstance(value, dict):
-                        return f"'{name}' must be a JSON object, got {type(value).__name__}"
+                    problem = json_problem(text, name)
+                    if problem:
+                        return problem
+            for _, value in form.multi_items():
+                problem = filename_problem(value.filename or "") if isinstance(value, UploadFile) else None
+                if problem:
+                    return problem
         finally:
             await form.close()
         return None
@@ -166,6 +221,7 @@ def install_error_handlers(app: FastAPI, known: dict[str, set[str]]) -> None:
     app.add_exception_handler(MammoLabelError, _mammolabel_error)
     app.add_exception_handler(MONAILabelException, _monailabel_error)
     app.add_exception_handler(json.JSONDecodeError, _json_error)
+    app.add_exception_handler(Exception, _unexpected_error)
     app.middleware_stack = None
     app.add_middleware(
         RequestGuard,

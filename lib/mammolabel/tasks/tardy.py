@@ -25,6 +25,7 @@ from mammolabel.engines.tardy import (
     PRETRAIN_STAGE,
     parse_threshold,
     pretrain_reconstruction,
+    stage_options,
     train_discriminative,
 )
 from mammolabel.errors import InputError
@@ -145,6 +146,9 @@ class PretrainReconstructionTrain(MammoTrainTask):
                  defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
         super().__init__(model_dir, description, defaults, shipped)
 
+    def check(self, options: dict[str, Any]) -> None:
+        stage_options(options)
+
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return pretrain_reconstruction(inventory, options, out)
 
@@ -163,6 +167,12 @@ class TrainDiscriminativeTrain(MammoTrainTask):
                  "segmentation of malignant regions (masks in labels/final)",
                  defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
         super().__init__(model_dir, description, defaults, shipped)
+
+    def check(self, options: dict[str, Any]) -> None:
+        stage_options(options)
+        parse_threshold(options["threshold"])
+        if options["mse_weight"] < 0:
+            raise InputError("option 'mse_weight' must be non-negative")
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         if options["mse_weight"] < 0:

@@ -5,7 +5,9 @@ configuration) and its ``presets``; it implements :meth:`run` on the datastore's
 :class:`LabelInventory`. Options arriving as strings (from 3D Slicer or the CLI) are converted to
 the type of their default. ``preset`` (``auto``: ``cpu`` without a GPU, ``paper`` with one) fills
 the options the request does not give; ``init`` (``auto``: the checkpoint the server answers with,
-site-trained or shipped) gives the starting weights, ``scratch`` none.
+site-trained or shipped) gives the starting weights, ``scratch`` none. MONAI Label's ``multi_gpu``
+and ``gpus`` run the task in several processes (:mod:`mammolabel.engines.distributed`); every run is
+tracked in MLflow (:mod:`mammolabel.engines.tracking`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from mammolabel.data.datastore import LabelInventory, collect_labels
+from mammolabel.engines import distributed, tracking
 from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.engines.loop import initialised_from, stats_path
 from mammolabel.errors import InputError
+from mammolabel.tasks.limits import check_limits
 from mammolabel.zoo import stamp
 
 logger = logging.getLogger("mammolabel")
@@ -73,7 +77,8 @@ class MammoTrainTask(TrainTask):
         super().__init__(description)
         self.model_dir = Path(model_dir)
         self.shipped = Path(shipped) if shipped else None
-        self._defaults = {"epochs": 10, "device": "auto", "val_fraction": 0.2, "seed": 0, "resume": True}
+        self._defaults = {"epochs": 10, "device": "auto", "val_fraction": 0.2, "seed": 0, "resume": True,
+                          "multi_gpu": False, "gpus": "all"}
         self._defaults.update(self.defaults)
         self._defaults.update(defaults or {})
         self._defaults.update(preset="auto", init="auto")
@@ -107,7 +112,11 @@ class MammoTrainTask(TrainTask):
                 opts[key] = coerce(key, value, self._defaults[key])
         if opts["epochs"] < 1:
             raise InputError("option 'epochs' must be at least 1")
+        check_limits(opts)
         return opts
+
+    def check(self, options: dict[str, Any]) -> None:
+        """Refuse options that :meth:`run` would refuse, without training (before a background run is queued)."""
 
     def initial_weights(self, init: str, out: Path) -> Path | None:
         """The checkpoint training starts from: ``auto`` = the one the server answers with (the site-trained
@@ -128,24 +137,30 @@ class MammoTrainTask(TrainTask):
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         opts = self.options(request)
         out = Path(request.get("checkpoint") or self.path)
+        processes, gpus = distributed.processes_for(opts["multi_gpu"], opts["gpus"], opts["device"])
+        if processes > 1:
+            request = {**request, "multi_gpu": False, "checkpoint": str(out)}
+            job = distributed.Job(self.name, str(self.model_dir), request, distributed.studies_of(datastore))
+            return distributed.launch(job, processes, visible_gpus=gpus)
         inventory = collect_labels(datastore)
         return self.train(inventory, opts, out, getattr(datastore, "_datastore_path", None))
 
     def train(self, inventory: LabelInventory, opts: dict[str, Any], out: Path, studies: str | None = None
               ) -> dict[str, Any]:
-        """:meth:`run` from the initial weights ``opts['init']`` names; the checkpoint is stamped with the
-        preset, date and label counts (:func:`mammolabel.zoo.stamp`)."""
+        """:meth:`run` from the initial weights ``opts['init']`` names, tracked in MLflow; the checkpoint is
+        stamped with the preset, date, label counts and starting weights (:func:`mammolabel.zoo.stamp`)."""
         if self.shipped and out.resolve() == self.shipped.resolve():
             raise InputError(f"{out} is a shipped checkpoint; train into the model folder instead")
         start = self.initial_weights(opts["init"], out)
         logger.info(f"{self.name}: {len(inventory.images)} images; labels {dict(inventory.counts)}; "
                     f"starting from {start or 'random weights'}; options {opts}")
-        with initialised_from(start):
-            summary = self.run(inventory, opts, out)
-        if out.is_file():
-            ckpt = load_checkpoint(out)
-            ckpt = stamp(ckpt, self.name, opts["preset"], inventory.counts, studies)
-            save_checkpoint(out, ckpt.pop("model"), **ckpt, initialised_from=start.name if start else "scratch")
+        with tracking.training_run(self.name, opts, dict(inventory.counts), out, self.model_dir):
+            with initialised_from(start):
+                summary = self.run(inventory, opts, out)
+            if out.is_file():
+                ckpt = stamp(load_checkpoint(out), self.name, opts["preset"], inventory.counts, studies)
+                save_checkpoint(out, ckpt.pop("model"), **ckpt, initialised_from=start.name if start else "scratch")
+            tracking.log_summary(summary)
         return {**summary, "preset": opts["preset"], "initialised_from": str(start) if start else "scratch"}
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:

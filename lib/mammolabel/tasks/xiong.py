@@ -169,5 +169,8 @@ class TrainHybrid(MammoTrainTask):
                  defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
         super().__init__(model_dir, description, defaults, shipped)
 
+    def check(self, options: dict[str, Any]) -> None:
+        HybridTrainOptions.from_dict(options)
+
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         return train_hybrid(inventory, options, out)

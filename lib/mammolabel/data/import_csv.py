@@ -1,0 +1,452 @@
+"""``mammolabel import-csv``: films and their findings from a spreadsheet (one or more rows per image).
+
+A row names an image and may give its patient, study, laterality, view, finding, BI-RADS,
+density, lesion type, a box (x0, y0, x1, y1 in pixels, clipped to the image), a point (x, y) and a mask file. Rows of
+the same image (several lesions) are merged: the image's finding is the most severe of its rows,
+its boxes, points and masks are all kept. Columns are found through a layout (``generic``,
+``vindr``, ``cbis``), and ``--columns key=name`` renames any of them.
+
+A finding is ``normal``, ``benign`` or ``malignant`` or a pathology word (``BENIGN_WITHOUT_CALLBACK``,
+``cancer``...). Without one, BI-RADS gives it: 1 normal, 2 and 3 benign, 4 to 6 malignant
+(suspicion, not pathology); BI-RADS 0 gives none. Density is stored as A-D (1-4 are read as A-D).
+
+The whole file is read and checked before anything is written: a malformed file or row stops
+the import with one line naming the file and line (the datastore is left as it was). Rows whose
+image or mask file is missing are skipped and reported with their line numbers. Importing again
+gives the same datastore.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import io
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mammolabel.data.labels import FINDINGS, TAG_BOX, TAG_FINDING, TAG_MASK, box_centres, box_mask
+from mammolabel.data.view import CBIS_NAME, laterality_from_text, view_from_text
+from mammolabel.errors import InputError
+from mammolabel.io import file_format, read_label, read_mammogram, write_labelmap
+
+KEYS = ("image", "image_id", "sop_instance_uid", "patient", "study", "laterality", "view", "finding", "birads",
+        "finding_birads", "density", "lesion_type", "x0", "y0", "x1", "y1", "x", "y", "mask", "split")
+#: Column names of each layout, per key (the first one present in the file is used).
+LAYOUTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "generic": {key: (key,) for key in KEYS} | {"patient": ("patient_id", "patient"),
+                                                "study": ("study_id", "study")},
+    "vindr": {"image_id": ("image_id",), "patient": ("study_id",), "study": ("study_id",), "laterality": ("laterality",),
+              "view": ("view_position",), "birads": ("breast_birads",), "finding_birads": ("finding_birads",),
+              "density": ("breast_density",), "lesion_type": ("finding_categories",), "x0": ("xmin",),
+              "y0": ("ymin",), "x1": ("xmax",), "y1": ("ymax",), "split": ("split",)},
+    "cbis": {"image": ("image file path",), "patient": ("patient_id",), "laterality": ("left or right breast",),
+             "view": ("image view",), "finding": ("pathology",), "birads": ("assessment",),
+             "density": ("breast_density", "breast density"), "lesion_type": ("abnormality type",),
+             "mask": ("ROI mask file path",)},
+}
+_FINDING_WORDS = {
+    "normal": "normal", "negative": "normal", "no finding": "normal", "none": "normal",
+    "benign": "benign", "benign_without_callback": "benign", "benign without callback": "benign",
+    "malignant": "malignant", "malignancy": "malignant", "cancer": "malignant", "carcinoma": "malignant",
+}
+_LESION_WORDS = {"mass": "mass", "calcification": "calcification", "calc": "calcification",
+                 "distortion": "distortion", "asymmetry": "asymmetry"}
+_SEVERITY = {f: i for i, f in enumerate(FINDINGS)}
+
+
+@dataclass
+class ImageRecord:
+    """Everything the rows of one image say, with the line numbers they came from."""
+
+    key: str
+    lines: list[int] = field(default_factory=list)
+    fields: dict[str, tuple[str, int]] = field(default_factory=dict)  # image-level value and its line
+    findings: list[str] = field(default_factory=list)
+    birads: list[int] = field(default_factory=list)
+    lesion_types: list[str] = field(default_factory=list)
+    lesions: list[dict[str, Any]] = field(default_factory=list)
+    boxes: list[tuple[list[int], int]] = field(default_factory=list)
+    points: list[list[float]] = field(default_factory=list)
+    masks: list[tuple[str, int]] = field(default_factory=list)
+
+    def get(self, key: str) -> str | None:
+        return self.fields[key][0] if key in self.fields else None
+
+    @property
+    def finding(self) -> str | None:
+        """The most severe finding of the rows, else the one the highest BI-RADS gives."""
+        if self.findings:
+            return max(self.findings, key=_SEVERITY.__getitem__)
+        return birads_finding(max(self.birads)) if self.birads else None
+
+
+def birads_finding(category: int) -> str | None:
+    """BI-RADS 1 normal, 2-3 benign, 4-6 malignant (suspicion); 0 (incomplete) gives no finding."""
+    return None if category == 0 else ("normal" if category == 1 else "benign" if category <= 3 else "malignant")
+
+
+def parse_birads(text: str) -> int:
+    m = re.fullmatch(r"(?:BI-?RADS\s*)?([0-6])\s*[ABC]?", text.strip(), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"BI-RADS {text!r} is not a category 0-6")
+    return int(m.group(1))
+
+
+def parse_density(text: str) -> str:
+    m = re.fullmatch(r"(?:DENSITY\s*)?([ABCD1-4])", text.strip(), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"density {text!r} is not A-D or 1-4")
+    value = m.group(1).upper()
+    return "ABCD"[int(value) - 1] if value.isdigit() else value
+
+
+def parse_finding(text: str) -> str:
+    word = _FINDING_WORDS.get(text.strip().lower())
+    if word is None:
+        raise ValueError(f"finding {text!r} is not normal, benign or malignant (or a pathology word)")
+    return word
+
+
+def parse_lesion_types(text: str) -> list[str]:
+    """Lesion types of a cell: a word, a comma-separated list, or VinDr's "['Mass', 'Asymmetry']"."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            words = [str(w) for w in ast.literal_eval(text)]
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"lesion types {text!r} are not a list") from e
+    else:
+        words = [w for w in re.split(r"[,;]", text) if w.strip()]
+    types = []
+    for word in words:
+        lowered = word.strip().lower()
+        if lowered in ("no finding", "none", "normal"):
+            continue
+        kind = next((v for k, v in _LESION_WORDS.items() if k in lowered), "other")
+        if kind not in types:
+            types.append(kind)
+    return types
+
+
+def _number(text: str, what: str, minimum: float | None = 0.0) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not a number") from None
+    if not np.isfinite(value) or (minimum is not None and value < minimum):
+        raise ValueError(f"{what} {text!r} must be a finite number >= {minimum:g}")
+    return value
+
+
+def _columns(header: list[str], layout: str, renames: dict[str, str], csv_path: Path) -> dict[str, str]:
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    unknown = sorted(set(renames) - set(KEYS))
+    if unknown:
+        raise InputError(f"--columns: unknown key(s) {', '.join(unknown)}; keys are {', '.join(KEYS)}")
+    columns = {}
+    for key, names in LAYOUTS[layout].items():
+        found = next((n for n in names if n in header), None)
+        if found:
+            columns[key] = found
+    for key, name in renames.items():
+        if name not in header:
+            raise InputError(f"{csv_path}:1: --columns {key}={name}: no column {name!r} in the header")
+        columns[key] = name
+    if not ({"image", "image_id", "sop_instance_uid", "patient"} & set(columns)):
+        raise InputError(f"{csv_path}:1: no image column for layout {layout!r} (header: {', '.join(header[:12])})")
+    return columns
+
+
+def read_rows(csv_path: str | os.PathLike, layout: str = "generic",
+              renames: dict[str, str] | None = None) -> tuple[dict[str, ImageRecord], dict[str, str]]:
+    """Parse the CSV into one record per image (keyed by image path or id); raise on a malformed row."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise InputError(f"{csv_path}: file not found")
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{csv_path}: not a UTF-8 text file ({e})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except csv.Error as e:
+        raise InputError(f"{csv_path}:1: not a CSV header ({e})") from None
+    if not header or len(set(header)) != len(header):
+        raise InputError(f"{csv_path}:1: missing or repeated column names in the header")
+    columns = _columns(header, layout, dict(renames or {}), csv_path)
+    index = {key: header.index(name) for key, name in columns.items()}
+    records: dict[str, ImageRecord] = {}
+    while True:
+        try:
+            cells = next(reader, None)
+        except csv.Error as e:
+            raise InputError(f"{csv_path}:{reader.line_num}: not a CSV row ({e})") from None
+        if cells is None:
+            break
+        number = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            raise InputError(f"{csv_path}:{number}: {len(cells)} cells where the header has {len(header)}")
+        row = {key: cells[i].strip() for key, i in index.items()}
+        row = {k: v for k, v in row.items() if v and v.lower() not in ("nan", "na", "n/a")}
+        try:
+            _add_row(records, row, number, layout)
+        except ValueError as e:
+            raise InputError(f"{csv_path}:{number}: {e}") from None
+    return records, columns
+
+
+def _image_key(row: dict[str, str], layout: str) -> str:
+    if layout == "vindr" and "image_id" in row and "study" in row:
+        return f"{row['study']}/{row['image_id']}"
+    for key in ("image", "image_id", "sop_instance_uid"):
+        if key in row:
+            return row[key]
+    if "patient" in row and "laterality" in row and "view" in row:
+        return f"{row['patient']}|{row['laterality']}|{row['view']}"
+    raise ValueError("the row names no image (image, image_id, sop_instance_uid or patient + laterality + view)")
+
+
+def _add_row(records: dict[str, ImageRecord], row: dict[str, str], number: int, layout: str) -> None:
+    if "laterality" in row:
+        side = row["laterality"].upper()
+        row["laterality"] = side[0] if side in ("L", "R", "LEFT", "RIGHT") else ""
+        if not row["laterality"]:
+            raise ValueError(f"laterality {side!r} is not L, R, LEFT or RIGHT")
+    if "view" in row:
+        view = view_from_text(row["view"])
+        if view is None:
+            raise ValueError(f"view {row['view']!r} is not CC, MLO, ML, LM...")
+        row["view"] = view
+    key = _image_key(row, layout)
+    record = records.setdefault(key, ImageRecord(key))
+    record.lines.append(number)
+    for name in ("image", "image_id", "sop_instance_uid", "patient", "study", "laterality", "view", "density", "split"):
+        if name not in row:
+            continue
+        value = parse_density(row[name]) if name == "density" else row[name]
+        old = record.fields.setdefault(name, (value, number))
+        if old[0] != value:
+            raise ValueError(f"{name} {value!r} contradicts line {old[1]} ({old[0]!r}) for the same image")
+    finding = parse_finding(row["finding"]) if "finding" in row else None
+    if finding:
+        record.findings.append(finding)
+    if "birads" in row:
+        record.birads.append(parse_birads(row["birads"]))
+    lesion = {"line": number}
+    types = parse_lesion_types(row["lesion_type"]) if "lesion_type" in row else []
+    record.lesion_types.extend(t for t in types if t not in record.lesion_types)
+    corners = [row.get(k) for k in ("x0", "y0", "x1", "y1")]
+    if any(corners):
+        if not all(corners):
+            raise ValueError("a box needs all of x0, y0, x1, y1")
+        x0, y0, x1, y1 = (int(round(_number(v, "box corner", None))) for v in corners)  # clipped to the image later
+        if x1 < x0 or y1 < y0:
+            raise ValueError(f"box ({x0}, {y0}, {x1}, {y1}) has x1 < x0 or y1 < y0")
+        record.boxes.append(([x0, y0, x1, y1], number))
+        lesion["box"] = [x0, y0, x1, y1]
+    if any(row.get(k) for k in ("x", "y")):
+        if not (row.get("x") and row.get("y")):
+            raise ValueError("a point needs both x and y")
+        point = [_number(row["x"], "x"), _number(row["y"], "y")]
+        record.points.append(point)
+        lesion["point"] = point
+    if "mask" in row:
+        record.masks.append((row["mask"], number))
+    if types or "finding_birads" in row or len(lesion) > 1:
+        lesion.update(types=types, finding=finding)
+        if "finding_birads" in row:
+            lesion["birads"] = parse_birads(row["finding_birads"])
+        record.lesions.append(lesion)
+
+
+def image_file(record: ImageRecord, images: Path, layout: str) -> Path | None:
+    """The image file of a record under ``images``, or None when there is none."""
+    if layout == "vindr":
+        stem = images / record.key
+        return next((stem.with_suffix(s) for s in (".dicom", ".dcm", ".png") if stem.with_suffix(s).is_file()), None)
+    name = record.get("image")
+    if name is None:
+        return None
+    path = (images / name) if not Path(name).is_absolute() else Path(name)
+    return path if path.is_file() else None
+
+
+def image_id_of(record: ImageRecord, layout: str) -> str:
+    """A datastore id: the image_id column, a CBIS-DDSM folder name, or the file's relative path."""
+    if record.get("image_id"):
+        name = record.get("image_id")
+    else:
+        parts = Path(record.get("image") or record.key).with_suffix("").parts
+        name = next((p for p in parts if CBIS_NAME.match(p)), "_".join(p for p in parts if p not in ("/", "..")))
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._-") or "image"
+    if len(name) > 100 or ".." in name:
+        name = f"{name[:80].strip('._-')}_{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A lesion mask (any label format, or a DICOM mask as CBIS-DDSM ships them) as 0/1 of ``shape``."""
+    if file_format(path) == "dicom":
+        image = read_mammogram(path)
+        mask = (image.pixels > 0.5).astype(np.uint8)
+        if mask.shape != shape:
+            raise InputError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (W x H) but the image is "
+                             f"{shape[1]}x{shape[0]}")
+        return mask
+    return (read_label(path, shape) > 0).astype(np.uint8)
+
+
+def store_record(store, image_id: str, record: ImageRecord, shape: tuple[int, int], mask_dir: Path | None,
+                 tmp: Path, counts: Counter, problems: list[str], where: str) -> None:
+    """Save the finding, box and mask labels of one image (already in ``store``) from its record."""
+    rows, cols = shape
+    boxes = []
+    for box, line in record.boxes:  # annotation tools draw a little past the edge: such boxes are clipped
+        clipped = [max(0, box[0]), max(0, box[1]), min(cols - 1, box[2]), min(rows - 1, box[3])]
+        if clipped[0] > clipped[2] or clipped[1] > clipped[3]:
+            problems.append(f"{where}:{line}: box {box} lies outside the {cols}x{rows} image; box skipped")
+            continue
+        counts["boxes_clipped"] += clipped != box
+        boxes.append(clipped)
+    mask = np.zeros(shape, np.uint8)
+    for name, line in record.masks:
+        path = (mask_dir / name) if mask_dir is not None else Path(name)
+        if not path.is_file():
+            problems.append(f"{where}:{line}: mask file {path} not found; mask skipped")
+            counts["missing_masks"] += 1
+            continue
+        try:
+            mask |= _read_mask(path, shape)
+        except InputError as e:
+            problems.append(f"{where}:{line}: {e}; mask skipped")
+            continue
+        counts["mask_files"] += 1
+    finding = record.finding
+    if finding:
+        info = {"finding": finding, "lesion_types": list(record.lesion_types),
+                "points": [*box_centres(boxes), *record.points], "lesions": record.lesions}
+        if record.birads:
+            info["birads"] = max(record.birads)
+        if record.get("density"):
+            info["density"] = record.get("density")
+        store.save_label(image_id, "", TAG_FINDING, info)
+        counts["findings"] += 1
+    if boxes:
+        store.save_label(image_id, str(write_labelmap(tmp / f"{image_id}_box.nrrd", box_mask(boxes, shape))), TAG_BOX,
+                         {"points": box_centres(boxes)})
+        counts["boxes"] += len(boxes)
+    if mask.any():
+        store.save_label(image_id, str(write_labelmap(tmp / f"{image_id}_final.nrrd", mask)), TAG_MASK, {})
+        counts["masks"] += 1
+
+
+def _image_info(record: ImageRecord, layout: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"source": f"csv:{layout}"}
+    for key, name in (("patient", "patient_id"), ("study", "study_id"), ("laterality", "laterality"),
+                      ("view", "view"), ("density", "density"), ("split", "split"),
+                      ("sop_instance_uid", "sop_instance_uid")):
+        if record.get(key):
+            info[name] = record.get(key)
+    if record.birads:
+        info["birads"] = max(record.birads)
+    if "patient_id" not in info:  # CBIS-DDSM and many others name the patient in the file path
+        m = next((CBIS_NAME.match(p) for p in Path(record.key).parts if CBIS_NAME.match(p)), None)
+        if m:
+            info["patient_id"] = m.group(1).upper()
+    if "laterality" not in info and laterality_from_text(record.key):
+        info["laterality"] = laterality_from_text(record.key)
+    return info
+
+
+def import_csv(csv_path: str | os.PathLike, datastore_dir: str | os.PathLike, images: str | os.PathLike,
+               layout: str = "generic", renames: dict[str, str] | None = None) -> dict[str, Any]:
+    """Import the images and labels a CSV describes; return the summary (counts and problems)."""
+    from mammolabel.data.datastore import MammoDatastore
+
+    images = Path(images)
+    if not images.is_dir():
+        raise InputError(f"{images}: --images is not a folder")
+    records, _ = read_rows(csv_path, layout, renames)
+    counts: Counter = Counter(rows=sum(len(r.lines) for r in records.values()))
+    problems: list[str] = []
+    found: list[tuple[ImageRecord, Path]] = []
+    for record in records.values():
+        path = image_file(record, images, layout)
+        if path is None:
+            lines = ",".join(map(str, record.lines[:5])) + ("..." if len(record.lines) > 5 else "")
+            problems.append(f"{csv_path}:{lines}: image {record.key} not found under {images}; skipped")
+            counts["missing_images"] += 1
+            continue
+        found.append((record, path))
+    ids = Counter(image_id_of(r, layout) for r, _ in found)
+    twice = next((i for i, n in ids.items() if n > 1), None)
+    if twice:
+        lines = [r.lines[0] for r, _ in found if image_id_of(r, layout) == twice]
+        raise InputError(f"{csv_path}:{lines[1]}: image id {twice!r} is also the id of line {lines[0]}'s image")
+    store = MammoDatastore(datastore_dir) if found else None  # nothing to import: nothing written
+    with tempfile.TemporaryDirectory() as tmp:
+        for record, path in tqdm(found, desc="import-csv", unit="image"):
+            image_id = image_id_of(record, layout)
+            try:
+                shape = read_mammogram(path).shape
+            except InputError as e:
+                problems.append(f"{csv_path}:{record.lines[0]}: {e}; skipped")
+                counts["unreadable_images"] += 1
+                continue
+            source = path
+            if file_format(path) == "dicom" and path.suffix.lower() != ".dcm":  # the datastore lists *.dcm
+                source = Path(tmp) / f"{image_id}.dcm"
+                shutil.copyfile(path, source)
+            store.add_image(image_id, str(source), _image_info(record, layout))
+            counts["images"] += 1
+            store_record(store, image_id, record, shape, images, Path(tmp), counts, problems, str(csv_path))
+    summary = {k: counts.get(k, 0) for k in ("rows", "images", "findings", "boxes", "boxes_clipped", "masks",
+                                            "missing_images", "missing_masks", "unreadable_images")}
+    return {**summary, "problems": problems, "datastore": str(datastore_dir)}
+
+
+def read_findings(csv_path: str | os.PathLike, images: list) -> dict[str, ImageRecord]:
+    """Findings of ``import-dicom``: generic-layout rows joined to the DICOM images by SOP Instance UID
+    or by patient + laterality + view; a row that matches no image, or several, is refused."""
+    records, _ = read_rows(csv_path, "generic")
+    by_uid = {i.sop_uid: i for i in images}
+    joined: dict[str, ImageRecord] = {}
+    for record in records.values():
+        uid = record.get("sop_instance_uid")
+        if uid:
+            matches = [by_uid[uid]] if uid in by_uid else []
+        else:
+            wanted = (record.get("patient"), record.get("laterality"), record.get("view"))
+            matches = [i for i in images if wanted in ((i.info["patient_id"], i.info["laterality"], i.info["view"]),
+                                                       (i.info["dicom_patient_id"], i.info["laterality"],
+                                                        i.info["view"]))]
+        if len(matches) != 1:
+            what = "no image" if not matches else f"{len(matches)} images"
+            raise InputError(f"{csv_path}:{record.lines[0]}: row {record.key!r} matches {what} of the folder")
+        joined[matches[0].sop_uid] = record
+    return joined
+
+
+def join_findings(store, findings: dict[str, ImageRecord], csv_path: str | os.PathLike) -> dict[str, Any]:
+    """Save the labels of the joined CSV records on the imported DICOM images (masks relative to the CSV)."""
+    counts: Counter = Counter()
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for uid, record in findings.items():
+            store_record(store, uid, record, store.image_shape(uid), Path(csv_path).parent, Path(tmp), counts, problems,
+                         str(csv_path))
+    return {**dict(counts), "problems": problems}
