@@ -98,7 +98,7 @@ def test_fine_tuning_from_the_client_leaves_the_shipped_file_and_serves_the_new_
     from mammolabel.engines.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(site)
-    assert ckpt["initialised_from"] == shipped.name and ckpt["preset"] == "cpu" and ckpt["train_task"] == train
+    assert ckpt["started_from"] == shipped.name and ckpt["preset"] == "cpu" and ckpt["train_task"] == train
     stats = requests.get(f"{fresh.url}/info/", timeout=30).json()["train_stats"][train]
     assert stats["stage"] and stats["epoch"] == 1 and "eta_s" in stats and stats["latest"]["epoch"] == 1
     r = requests.post(f"{fresh.url}/infer/{task}?image=phantom_000&output=json", timeout=120)

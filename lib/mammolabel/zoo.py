@@ -57,7 +57,7 @@ def checkpoint_paths(task: str, model_dir: str | os.PathLike, conf: dict[str, st
 
 
 def stamp(ckpt: dict[str, Any], train_task: str, preset: str, inventory_counts: dict[str, int],
-          studies: str | None) -> dict[str, Any]:
+          studies: str | None, started_from: Path | None) -> dict[str, Any]:
     """Fields every checkpoint carries from its train task (schema :data:`SCHEMA_VERSION`)."""
     return {
         **ckpt,
@@ -66,6 +66,7 @@ def stamp(ckpt: dict[str, Any], train_task: str, preset: str, inventory_counts: 
         "preset": preset,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "trained_on": {"studies": Path(str(studies)).name if studies else None, "labels": dict(inventory_counts)},
+        "started_from": started_from.name if started_from else "scratch",
     }
 
 

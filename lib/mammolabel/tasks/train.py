@@ -158,10 +158,10 @@ class MammoTrainTask(TrainTask):
             with initialised_from(start):
                 summary = self.run(inventory, opts, out)
             if out.is_file():
-                ckpt = stamp(load_checkpoint(out), self.name, opts["preset"], inventory.counts, studies)
-                save_checkpoint(out, ckpt.pop("model"), **ckpt, initialised_from=start.name if start else "scratch")
+                ckpt = stamp(load_checkpoint(out), self.name, opts["preset"], inventory.counts, studies, start)
+                save_checkpoint(out, ckpt.pop("model"), **ckpt)
             tracking.log_summary(summary)
-        return {**summary, "preset": opts["preset"], "initialised_from": str(start) if start else "scratch"}
+        return {**summary, "preset": opts["preset"], "started_from": str(start) if start else "scratch"}
 
     def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
         """Train on ``inventory`` and write the checkpoint to ``out``; return a summary."""
