@@ -5,9 +5,13 @@ Each task runs on a phantom film twice, as the server runs it (load, ``run_infer
 conditioned, so that the comparison can fail:
 
 * networks with batch norm get random weights whose batch-norm statistics are those of the film
-  (a few forward passes in training mode), so that their maps have structure instead of a constant;
-* the Tardy U-Net (instance norm) is fitted for a few steps to reconstruct the film, as its first
-  training stage does (a random U-Net is a chaotic map of its input, no trained model's behaviour);
+  (a few forward passes in training mode), and their map heads are scaled so that their logits
+  spread as a trained model's do (std 2): random heads give logits near 0, sigmoid maps flat at 0.5
+  on which any threshold or patch choice is a coin toss;
+* the segmentation networks (Tardy, Xiong, Liang's self-training head) are fitted for a few steps
+  to the film: to reconstruct it (Tardy's first stage) or to segment its brightest tenth. A random
+  deep network is a chaotic map of its input whose outputs vary less than its rounding, which no
+  trained model does: a few steps of fitting shrink the bf16 error tenfold;
 * labelmap thresholds sit at a quantile of the fp32 map, so that each labelmap has a foreground to
   agree on (checked), and the bf16 run must really differ from the fp32 one (checked).
 """
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mammolabel.data.phantoms import write_phantom_study
 from mammolabel.engines import precision
@@ -59,6 +64,42 @@ def calibrate(net: torch.nn.Module, *inputs: Any) -> torch.nn.Module:
     return net.eval()
 
 
+def fit(net: torch.nn.Module, loss: Any, steps: int = 15) -> torch.nn.Module:
+    """A few Adam steps on ``loss(net)``; the network is returned in eval mode."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    net.train()
+    for _ in range(steps):
+        value = loss(net)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    return net.eval()
+
+
+def brightest(x: torch.Tensor, size: tuple[int, ...] | None = None) -> torch.Tensor:
+    """The film's brightest tenth as a {0, 1} target map (area-resized to ``size``)."""
+    target = (x > torch.quantile(x, 0.9)).float()
+    return target if size is None else F.interpolate(target, size=size, mode="area")
+
+
+def spread(net: torch.nn.Module, heads: list[str], call: Any, std: float = 2.0) -> torch.nn.Module:
+    """Scale the 1x1 map heads ``heads`` of ``net`` so that their outputs on ``call()`` have standard deviation
+    ``std`` (and mean 0 where a head has a bias)."""
+    modules = dict(net.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [modules[h].register_forward_hook(lambda m, a, out, h=h: seen.setdefault(h, out)) for h in heads]
+    with torch.no_grad():
+        call()
+        for h in heads:
+            factor = std / float(seen[h].std())
+            modules[h].weight.mul_(factor)
+            if modules[h].bias is not None:
+                modules[h].bias.sub_(float(seen[h].mean())).mul_(factor)
+    for hook in hooks:
+        hook.remove()
+    return net
+
+
 def classification(film: Path, path: Path) -> dict[str, Any]:
     from mammolabel.engines.dahl import DahlOptions
     from mammolabel.networks.dahl import DahlClassifier
@@ -77,7 +118,13 @@ def localization(film: Path, path: Path) -> dict[str, Any]:
     from mammolabel.networks.liang import LiangNet
 
     options = LiangOptions(size=ROWS, width=0.25, head_channels=64, first_channels=32, shared_channels=32)
-    net = calibrate(LiangNet(options.network_config()), network_input(film, (ROWS, ROWS)))
+    x = network_input(film, (ROWS, ROWS))
+
+    def loss(net: LiangNet) -> torch.Tensor:
+        out = net(x)
+        return sum(F.binary_cross_entropy(m, brightest(x, m.shape[-2:])) for m in out.self_training)
+
+    net = fit(calibrate(LiangNet(options.network_config()), x), loss)
     save_checkpoint(path, net, config=net.config.to_dict(), options=asdict(options), val_images=[])
     return {}  # labelmap levels 0.3, 0.5, 0.7 of the min-max normalised fused map
 
@@ -88,7 +135,10 @@ def glam_segmentation(film: Path, path: Path) -> dict[str, Any]:
 
     options = GlamOptions(rows=ROWS, cols=192, patch_size=64, num_patches=2, global_width=8, local_width=8,
                           local_depth=18)
-    net = calibrate(GlamNet(options.network_config()), network_input(film, (ROWS, 192)), "joint")
+    x = network_input(film, (ROWS, 192))
+    net = calibrate(GlamNet(options.network_config()), x, "joint")
+    spread(net, [f"global_module.heads.{i}" for i in range(3)], lambda: net(x, "global"))
+    spread(net, ["local_module.head"], lambda: net(x, "joint"))
     thresholds = {m: {c: {"threshold": 0.5, "dice": None, "n": 0} for c in CLASSES} for m in ("global", "local", "fused")}
     save_checkpoint(path, net, config=net.config.to_dict(), options=asdict(options), stage="joint",
                     thresholds=thresholds, val_images=[])
@@ -98,15 +148,9 @@ def glam_segmentation(film: Path, path: Path) -> dict[str, Any]:
 def discriminative_segmentation(film: Path, path: Path) -> dict[str, Any]:
     from mammolabel.networks.tardy import DiscriminativeSegmenter, UNetConfig
 
-    net = DiscriminativeSegmenter(UNetConfig(features=[8, 16, 32, 64]))
     x = network_input(film, (ROWS, COLS))
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(15):
-        loss = ((net.backbone(x) - x) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    save_checkpoint(path, net.eval(), stage="train_discriminative", network=net.config.to_dict(), subtraction=True,
+    net = fit(DiscriminativeSegmenter(UNetConfig(features=[8, 16, 32, 64])), lambda net: F.mse_loss(net.backbone(x), x))
+    save_checkpoint(path, net, stage="train_discriminative", network=net.config.to_dict(), subtraction=True,
                     size=[ROWS, COLS], crop_breast=True, threshold=0.5, val_images=[])
     return {"threshold": ("threshold",)}
 
@@ -115,7 +159,14 @@ def hybrid_segmentation(film: Path, path: Path) -> dict[str, Any]:
     from mammolabel.networks.xiong import HybridConfig, XiongHybridNet
 
     config = HybridConfig(depth=18, width=16)
-    net = calibrate(XiongHybridNet(config), network_input(film, (ROWS, COLS)))
+    x = network_input(film, (ROWS, COLS))
+
+    def loss(net: XiongHybridNet) -> torch.Tensor:
+        out = net(x)
+        return (F.binary_cross_entropy_with_logits(out.segmentation, brightest(x))
+                + F.binary_cross_entropy_with_logits(out.background, 1 - brightest(x)))
+
+    net = fit(calibrate(XiongHybridNet(config), x), loss)
     save_checkpoint(path, net, network=config.to_dict(), input={"rows": ROWS, "cols": COLS, "crop_breast": True},
                     threshold=0.5)
     return {"threshold": ("threshold",), "uncertain_area": False}
@@ -135,13 +186,14 @@ def run(task, film: Path, request: dict[str, Any]):
     return data["prediction"], data["precision"]
 
 
-def probabilities(values: dict[str, Any]) -> dict[str, float]:
+def probabilities(values: dict[str, Any], inside: bool = False) -> dict[str, float]:
     """Every probability of a task's JSON values, flattened (``a.b`` for nested ones)."""
     found = {}
     for key, value in values.items():
+        named = inside or "probabilit" in key
         if isinstance(value, dict):
-            found.update({f"{key}.{k}": v for k, v in probabilities(value).items()})
-        elif "probabilit" in key and isinstance(value, float):
+            found.update({f"{key}.{k}": v for k, v in probabilities(value, named).items()})
+        elif named and isinstance(value, float):
             found[key] = value
     return found
 
@@ -166,9 +218,9 @@ def test_bf16_agrees_with_fp32(name, film, tmp_path):
     agreement = float((fp32.labelmap == bf16.labelmap).mean())
     assert agreement >= 0.99, f"{name}: labelmap agreement {agreement:.4f}"
     p32, p16 = probabilities(fp32.values), probabilities(bf16.values)
-    assert p32 and p32.keys() == p16.keys()
+    assert p32.keys() == p16.keys()
     assert p32 != p16 or not np.array_equal(fp32.heatmap, bf16.heatmap), f"{name}: bf16 gave fp32's bits; did it run?"
-    worst = max(abs(p32[k] - p16[k]) for k in p32)
+    worst = max((abs(p32[k] - p16[k]) for k in p32), default=0.0)
     assert worst <= 0.02, f"{name}: probabilities differ by up to {worst:.4f} ({p32} vs {p16})"
     # the heatmap is the task's probability map: 99% of its pixels within 0.02
     assert np.quantile(np.abs(fp32.heatmap - bf16.heatmap), 0.99) <= 0.02
