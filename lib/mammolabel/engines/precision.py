@@ -4,6 +4,8 @@ A request option ``precision`` (or the environment variable ``MAMMOLABEL_PRECISI
 ``auto`` (the default) runs bf16 on a CPU with AVX512-BF16 or AMX and on a GPU with bf16 support,
 fp32 elsewhere; ``fp32`` forces fp32; ``bf16`` forces bf16 (emulated, slowly, where not native).
 Networks are kept in channels_last memory format, which oneDNN convolutions run faster on a CPU.
+Their inputs need no conversion: a one-channel image has the same layout in both formats, and
+channels_last weights make every later activation channels_last.
 """
 
 from __future__ import annotations

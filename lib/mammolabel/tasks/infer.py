@@ -180,7 +180,7 @@ class MammoInferTask(BasicInferTask):
         """
         image = data["image"]
         run_on = str(data.get("device") or "cpu")
-        run_on = "cpu" if run_on.startswith("cuda") and not torch.cuda.is_available() else run_on
+        run_on = run_on if run_on.startswith("cuda") and torch.cuda.is_available() else "cpu"
         chosen = precision.resolve(data.get("precision"), run_on)
         data["precision"] = chosen if self.train_task else None
         with torch.inference_mode(), precision.autocast(chosen, run_on):
