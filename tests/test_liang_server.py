@@ -17,6 +17,7 @@ import torch
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
+from mammolabel.engines import precision
 from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.engines.liang import LiangOptions
 from mammolabel.io import read_mammogram
@@ -71,6 +72,19 @@ def test_infer_over_http_returns_points_and_heat_levels(server, tmp_path):
     assert set(result["peaks"]) == {"cam", "self_training_block8", "self_training_block3", "fused"}
     assert result["peaks"]["fused"]["score"] == pytest.approx(scores[0])
     assert result["peaks"]["cam"]["score"] == pytest.approx(1.0)  # the CAM is min-max normalised
+
+
+def test_the_result_names_the_precision_that_ran_and_fp32_can_be_asked_for(server):
+    write_small_checkpoint(server.model_dir)
+
+    def infer(**params) -> requests.Response:
+        return requests.post(f"{server.url}/infer/localization?image=phantom_001&output=json",
+                             data={"params": json.dumps(params)}, timeout=120)
+
+    assert infer().json()["precision"] == ("bf16" if precision.cpu_bf16() else "fp32")
+    assert infer(precision="fp32").json()["precision"] == "fp32"
+    r = infer(precision="fp16")
+    assert r.status_code == 400 and "precision must be one of" in r.json()["detail"]
 
 
 def test_infer_with_the_monailabel_client(server, tmp_path):

@@ -123,7 +123,8 @@ def gradient_saliency(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
     For the cross-entropy loss L of the positive class, dL/dx = -(1 - p) d(risk)/dx with p the
     positive probability, so the magnitude |d(risk)/dx| orders the pixels of an image exactly as
     |dL/dx| does, and it does not vanish on images the model is sure of (p -> 1); it is what is
-    returned. Gradients are computed even when called under ``torch.inference_mode``.
+    returned. Gradients are computed even when called under ``torch.inference_mode``, and in fp32
+    even under autocast: a bf16 backward pass through a deep ResNet moves the map and its COA.
 
     Args:
         model: maps (B, 1, h, w) to (B, 2) logits.
@@ -133,7 +134,7 @@ def gradient_saliency(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
         logits (B, 2) (differentiable when the caller records gradients) and saliency (B, 1, h, w) >= 0.
     """
     keep_graph = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
         pixels = x.detach().clone().requires_grad_(True)
         logits = model(pixels.view_as(pixels))  # a view, so that hooks that follow module inputs (FLOP counters) work
         (grad,) = torch.autograd.grad(risk_score(logits).sum(), pixels, retain_graph=keep_graph)

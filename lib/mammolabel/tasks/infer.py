@@ -20,7 +20,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines import calibration
+from mammolabel.engines import calibration, precision
 from mammolabel.engines.checkpoint import load_checkpoint
 from mammolabel.errors import MammoLabelError, ModelNotTrainedError
 from mammolabel.io import boxes_from_canonical, from_canonical, points_from_canonical, write_labelmap
@@ -132,6 +132,7 @@ class MammoInferTask(BasicInferTask):
 
         The network is rebuilt from the configuration stored in the checkpoint, so any checkpoint
         a train task wrote is served as it was trained; weights are read with ``weights_only=True``.
+        It is kept in channels_last memory format (see :mod:`mammolabel.engines.precision`).
         """
         path = self.checkpoint()
         if not path or not os.path.exists(path):
@@ -141,7 +142,7 @@ class MammoInferTask(BasicInferTask):
             ckpt = load_checkpoint(path)
             network = self.build_network(ckpt)
             network.load_state_dict(ckpt["model"])  # float16 storage is widened to the network's float32
-            self._loaded = (key, network.to(device).eval(), ckpt)
+            self._loaded = (key, precision.channels_last(network.to(device).eval()), ckpt)
         return self._loaded[1], self._loaded[2]
 
     def checkpoint_info(self) -> dict[str, Any] | None:
@@ -188,8 +189,16 @@ class MammoInferTask(BasicInferTask):
         return []
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda"):
+        """Run :meth:`predict` in inference mode, with bf16 autocast where the request's ``precision`` resolves to it.
+
+        ``data["precision"]`` records what ran (None for a task without a network).
+        """
         image = data["image"]
-        with torch.inference_mode():
+        run_on = str(data.get("device") or "cpu")
+        run_on = run_on if run_on.startswith("cuda") and torch.cuda.is_available() else "cpu"
+        chosen = precision.resolve(data.get("precision"), run_on)
+        data["precision"] = chosen if self.train_task else None
+        with torch.inference_mode(), precision.autocast(chosen, run_on):
             data["prediction"] = self.predict(image, dict(image.meta), data)
         return data
 
@@ -207,6 +216,7 @@ class MammoInferTask(BasicInferTask):
             "view": meta.get("view"),
             "view_inferred": meta.get("view_source") == "pixels",
             "spacing": meta.get("spacing"),
+            "precision": data.get("precision"),
             **pred.values,
             "points": pred.points,
             "boxes": pred.boxes,

@@ -1,0 +1,39 @@
+"""``mammolabel benchmark``'s forward figures: the served network, on the input a click gives it, in each variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mammolabel.data.phantoms import write_phantom_study
+from mammolabel.engines import benchmark
+from mammolabel.engines.checkpoint import save_checkpoint
+from mammolabel.networks.xiong import HybridConfig, XiongHybridNet
+
+
+class Queue(list):
+    put = list.append
+
+
+def test_forward_figures_of_the_served_network(tmp_path, monkeypatch):
+    write_phantom_study(tmp_path / "studies", n=1, shape=(256, 208), dicom=False)
+    film = str(next((tmp_path / "studies").glob("phantom_000.*")))
+    config = HybridConfig(depth=18, width=4)
+
+    def tiny(cls, model_dir) -> None:
+        save_checkpoint(Path(model_dir) / f"{cls.name}.pt", XiongHybridNet(config), network=config.to_dict(),
+                        input={"rows": 64, "cols": 96, "crop_breast": False}, threshold=0.5)
+
+    monkeypatch.setattr(benchmark, "write_checkpoint", tiny)
+    queue = Queue()
+    benchmark._forward("hybrid_segmentation", film, 1, torch.get_num_threads(), queue)  # in this process
+    (figures,) = queue
+    assert figures["input_shapes"] == [[1, 1, 64, 96]]  # what the task fed its network, not a fixed size
+    assert figures["flops"] == benchmark.flops(XiongHybridNet(config), (1, 1, 64, 96)) > 0
+    for name, *_ in benchmark.VARIANTS:
+        entry = figures[name]
+        assert entry["latency_s"] > 0 and entry["load_1m"] >= 0
+        assert entry["gflops_per_s"] == pytest.approx(figures["flops"] / entry["latency_s"] / 1e9, abs=0.1)
+    assert figures["speedup"]["fp32"] == 1.0 and figures["peak_rss_mb"] > 0
