@@ -22,13 +22,13 @@ def test_forward_figures_of_the_served_network(tmp_path, monkeypatch):
     film = str(next((tmp_path / "studies").glob("phantom_000.*")))
     config = HybridConfig(depth=18, width=4)
 
-    def tiny(cls, model_dir) -> None:
+    def tiny(cls, model_dir, preset) -> None:
         save_checkpoint(Path(model_dir) / f"{cls.name}.pt", XiongHybridNet(config), network=config.to_dict(),
                         input={"rows": 64, "cols": 96, "crop_breast": False}, threshold=0.5)
 
     monkeypatch.setattr(benchmark, "write_checkpoint", tiny)
     queue = Queue()
-    benchmark._forward("hybrid_segmentation", film, 1, torch.get_num_threads(), queue)  # in this process
+    benchmark._forward("hybrid_segmentation", film, 1, torch.get_num_threads(), "cpu", queue)  # in this process
     (figures,) = queue
     assert figures["input_shapes"] == [[1, 1, 64, 96]]  # what the task fed its network, not a fixed size
     assert figures["flops"] == benchmark.flops(XiongHybridNet(config), (1, 1, 64, 96)) > 0

@@ -155,7 +155,8 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from mammolabel.engines.benchmark import run_benchmarks
 
-    return run_benchmarks(args.out, device=args.device, tasks=args.task, quick=args.quick, threads=args.threads)
+    return run_benchmarks(args.out, device=args.device, tasks=args.task, quick=args.quick, threads=args.threads,
+                          preset=args.preset)
 
 
 def _train_zoo(args: argparse.Namespace) -> dict[str, Any]:
@@ -276,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--task", action="append", help="only these tasks (repeatable)")
     s.add_argument("--quick", action="store_true", help="fewer repeats (for tests)")
+    s.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
+                   help="cpu: the shipped (cpu preset) checkpoints; paper: the papers' configurations, random weights")
     s.add_argument("--threads", type=int, help="torch CPU threads of the forward measurements (default: all cores)")
     s.set_defaults(func=_benchmark)
     return p

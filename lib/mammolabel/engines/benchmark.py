@@ -20,6 +20,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from mammolabel.engines import precision
+from mammolabel.errors import InputError
 from mammolabel.io import atomic_path
 
 logger = logging.getLogger("mammolabel")
@@ -56,9 +58,18 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def write_checkpoint(task_cls: type, model_dir: str | os.PathLike) -> None:
-    """The checkpoint every measurement of a task serves (random weights: timing needs no training)."""
-    task_cls.write_benchmark_checkpoint(model_dir)
+def write_checkpoint(task_cls: type, model_dir: str | os.PathLike, preset: str) -> None:
+    """The checkpoint every measurement of a task serves: ``cpu``, the shipped demo checkpoint (the cpu preset,
+    trained); ``paper``, the paper's configuration with random weights (timing needs no training)."""
+    from mammolabel.zoo import shipped_path
+
+    shipped = shipped_path(task_cls.name, "demo")
+    if preset == "cpu" and shipped:
+        shutil.copyfile(shipped, Path(model_dir) / f"{task_cls.name}.pt")
+    elif preset == "paper":
+        task_cls.write_benchmark_checkpoint(model_dir)
+    else:
+        raise InputError(f"benchmark: no {preset!r} checkpoint for {task_cls.name} (presets: cpu, paper)")
 
 
 def flops(module: torch.nn.Module, shape: tuple[int, ...]) -> int:
@@ -125,14 +136,14 @@ def _capture(task, film: str) -> tuple[torch.nn.Module, tuple, dict]:
     return network, *calls[0]
 
 
-def _forward(task_name: str, film: str, repeats: int, threads: int, queue: mp.Queue) -> None:
+def _forward(task_name: str, film: str, repeats: int, threads: int, preset: str, queue: mp.Queue) -> None:
     """Child process: the served network's forward latency and GFLOP/s in each of :data:`VARIANTS`."""
     from mammolabel.tasks import infer_tasks
 
     torch.set_num_threads(threads)
     cls = infer_tasks()[task_name]
     with tempfile.TemporaryDirectory() as tmp:
-        write_checkpoint(cls, tmp)
+        write_checkpoint(cls, tmp, preset)
         task = cls(path=str(Path(tmp) / f"{task_name}.pt"))
         served, args, kwargs = _capture(task, film)
     default = copy.deepcopy(served).to(memory_format=torch.contiguous_format)
@@ -154,8 +165,8 @@ def _forward(task_name: str, film: str, repeats: int, threads: int, queue: mp.Qu
     queue.put(out)
 
 
-def cpu_forward(task_name: str, film: str, repeats: int, threads: int) -> dict[str, Any]:
-    return _in_child(_forward, task_name, film, repeats, threads)
+def cpu_forward(task_name: str, film: str, repeats: int, threads: int, preset: str) -> dict[str, Any]:
+    return _in_child(_forward, task_name, film, repeats, threads, preset)
 
 
 def gpu_figures(module: torch.nn.Module, repeats: int) -> dict[str, float]:
@@ -187,7 +198,7 @@ def gpu_figures(module: torch.nn.Module, repeats: int) -> dict[str, float]:
     return out
 
 
-def server_latency(task_names: list[str], studies: Path, repeats: int) -> dict[str, dict[str, Any]]:
+def server_latency(task_names: list[str], studies: Path, repeats: int, preset: str) -> dict[str, dict[str, Any]]:
     """Median latency of POST /infer/<task> on the film ``phantom_000`` of ``studies`` through the real server."""
     import requests
 
@@ -198,7 +209,8 @@ def server_latency(task_names: list[str], studies: Path, repeats: int) -> dict[s
     result = {}
     with tempfile.TemporaryDirectory() as models:
         for name in task_names:
-            write_checkpoint(registry[name], models)
+            if registry[name].train_task:
+                write_checkpoint(registry[name], models, preset)
         with ServerProcess(studies, conf={"model_dir": models}) as server:
             for name in task_names:
                 answers = []
@@ -215,8 +227,9 @@ def server_latency(task_names: list[str], studies: Path, repeats: int) -> dict[s
 
 
 def run_benchmarks(out_dir: str | Path, device: str = "cpu", tasks: list[str] | None = None,
-                   quick: bool = False, threads: int | None = None) -> dict[str, Any]:
-    """Benchmark the tasks (all by default); write ``<out>/benchmark.json`` and ``<out>/<task>.json``.
+                   quick: bool = False, threads: int | None = None, preset: str = "cpu") -> dict[str, Any]:
+    """Benchmark the tasks (all by default) with the ``preset``'s checkpoints (:func:`write_checkpoint`); write
+    ``<out>/benchmark.json`` and ``<out>/<task>.json``.
 
     ``threads`` (default: every core) is the torch thread count of the forward and peak measurements
     (the server uses torch's default); on a loaded machine one thread is often faster than all of them.
@@ -231,7 +244,7 @@ def run_benchmarks(out_dir: str | Path, device: str = "cpu", tasks: list[str] | 
     repeats, server_repeats = (1, 1) if quick else (3, 5)  # timed runs after one warm-up
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"machine": machine(), "device": device, "cpu_threads": threads,
+    report: dict[str, Any] = {"machine": machine(), "device": device, "cpu_threads": threads, "preset": preset,
                               "server_image": list(SERVER_IMAGE), "tasks": {}}
     with tempfile.TemporaryDirectory() as tmp:
         studies = Path(tmp) / "studies"
@@ -241,12 +254,12 @@ def run_benchmarks(out_dir: str | Path, device: str = "cpu", tasks: list[str] | 
             logger.info(f"benchmark: peak matrix-product rate with {threads} threads")
             report["peak"] = peak_rate(threads, repeats)
         logger.info(f"benchmark: server latency of {names}")
-        latencies = server_latency(names, studies, server_repeats)
+        latencies = server_latency(names, studies, server_repeats, preset)
         for name in names:
             entry: dict[str, Any] = {"server": latencies[name], "server_target_s": 3.0}
             if name in networks:
                 logger.info(f"benchmark: {name} forward in {', '.join(v[0] for v in VARIANTS)}")
-                entry["forward"] = cpu_forward(name, film, repeats, threads)
+                entry["forward"] = cpu_forward(name, film, repeats, threads, preset)
                 entry["forward"]["peak_fraction"] = {
                     v: round(entry["forward"][v]["gflops_per_s"] / report["peak"][f"{v[:4]}_gflops"], 3)
                     for v, *_ in VARIANTS}

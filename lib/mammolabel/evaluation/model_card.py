@@ -59,7 +59,7 @@ def _section(record: dict[str, Any]) -> list[str]:
         "from random weights, seed 0.",
         f"- Data: {record['data']}. Labels used: {record['labels']}. Licence: {LICENCES[record['kind']]}.",
         f"- Made by `{record['command']}`: {format_seconds(record['train_wall_s'])} of training on this "
-        f"2-core machine with {record['threads']} threads (load average {load[0]} at the start, {load[3]} at "
+        f"2-core machine with {record['threads']} thread{'s' if record['threads'] != 1 else ''} (load average {load[0]} at the start, {load[3]} at "
         f"the end). Stored as {record['checkpoint']['storage']}, {record['checkpoint']['bytes'] / 1e6:.1f} MB.",
         "",
         f"Held-out figures ({metrics['films']} films, {metrics['lesion_films_scored']} with a located lesion; "

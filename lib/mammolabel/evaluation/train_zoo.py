@@ -14,13 +14,15 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mammolabel.data.datastore import LabelInventory, MammoDatastore, collect_labels
+from mammolabel.data.labels import ImageLabels
 from mammolabel.data.mias import import_mias
 from mammolabel.data.phantoms import write_phantom_study
 from mammolabel.data.split import split_by_patient
@@ -70,6 +72,11 @@ KIND_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+def subset(images: list[ImageLabels]) -> LabelInventory:
+    """An inventory of ``images`` with their own label counts."""
+    return LabelInventory(images, Counter(kind for r in images for kind in r.kinds))
+
+
 def _datasets(kind: str, work: Path, mias_dir: Path) -> tuple[LabelInventory, LabelInventory, str]:
     """Training and test inventories of ``kind``, and a sentence saying what they are."""
     if kind == "demo":
@@ -84,7 +91,7 @@ def _datasets(kind: str, work: Path, mias_dir: Path) -> tuple[LabelInventory, La
     import_mias(mias_dir, work / "mias")
     everything = collect_labels(MammoDatastore(work / "mias", read_only=True))
     rest, held = split_by_patient(everything.images, 0.2, seed=1234)
-    return (replace(everything, images=rest), replace(everything, images=held),
+    return (subset(rest), subset(held),
             f"mini-MIAS development films: {len(rest)} for training (best epoch chosen on a patient-wise validation "
             f"split inside them), scored on {len(held)} films of held-out patients")
 
