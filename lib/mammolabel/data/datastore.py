@@ -70,7 +70,9 @@ class MammoDatastore(LocalDatastore):
         index = Path(self._datastore_config_path)
         with FileLock(self._lock_file):
             remove_stale_temps(index.parent, [index.name])
-            remove_stale_temps(self._datastore.image_path())
+            images = Path(self._datastore.image_path())  # uploads: ".<id>.<ext>.XXXXXXXX.tmp", image names only
+            uploads = {t.name[1:].rsplit(".", 2)[0] for t in images.glob(".*.tmp")}
+            remove_stale_temps(images, [n for n in uploads if n.lower().endswith(tuple(e[1:] for e in EXTENSIONS))])
             for label_dir in (Path(self._datastore_path) / self._datastore.labels_dir).glob("*/"):
                 remove_stale_temps(label_dir)
 

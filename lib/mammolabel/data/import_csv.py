@@ -411,7 +411,8 @@ def import_csv(csv_path: str | os.PathLike, datastore_dir: str | os.PathLike, im
             if file_format(path) == "dicom" and path.suffix.lower() != ".dcm":  # the datastore lists *.dcm
                 source = Path(tmp) / f"{image_id}.dcm"
                 shutil.copyfile(path, source)
-            store.add_image(image_id, str(source), _image_info(record, layout))
+            # importing again replaces the image and its labels (as import-mias does)
+            store.add_image(image_id, str(source), {**_image_info(record, layout), "overwrite": True})
             counts["images"] += 1
             store_record(store, image_id, record, shape, images, Path(tmp), counts, problems, str(csv_path))
     summary = {k: counts.get(k, 0) for k in ("rows", "images", "findings", "boxes", "boxes_clipped", "masks",

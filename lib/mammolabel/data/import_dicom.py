@@ -106,7 +106,7 @@ def import_dicom(folder: str | os.PathLike, datastore_dir: str | os.PathLike,
     findings = read_findings(findings_csv, images) if findings_csv else None
     store = MammoDatastore(datastore_dir)
     for image in tqdm(images, desc="import-dicom (store)", unit="image"):
-        store.add_image(image.sop_uid, str(image.path), image.info)
+        store.add_image(image.sop_uid, str(image.path), {**image.info, "overwrite": True})  # again: replaced
     summary: dict[str, Any] = {
         "images": len(images), "patients": len({i.info["patient_id"] for i in images}),
         "studies": len({i.info["study_uid"] for i in images}), "skipped": len(skipped), "problems": skipped,

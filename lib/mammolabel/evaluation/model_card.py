@@ -42,8 +42,6 @@ NOTES = {
     "glam_segmentation": "Stored as float16 (float32 would exceed 10 MB). Rounding the weights by half a float16 "
                          "step leaves 99.9 % of the labelmap and the answered probabilities within 0.01; the "
                          "global module's own probability moves by up to 0.03 (`tests/test_zoo.py`).",
-    "localization": "Stored as float16 (float32 would exceed 10 MB); `tests/test_zoo.py` checks that rounding the "
-                    "weights by half a float16 step leaves the labelmap and probabilities as they are.",
 }
 SHOWN = ("auc_normal_vs_abnormal", "auc_benign_vs_malignant", "lesions_found", "hit_rate", "dice_mean")
 

@@ -150,8 +150,13 @@ class MammoInferTask(BasicInferTask):
         path = self.checkpoint()
         if not self.train_task or not path or not os.path.exists(path):
             return None
-        if getattr(self, "_described", (None,))[0] != (path, os.stat(path).st_mtime_ns):
-            self._described = ((path, os.stat(path).st_mtime_ns), describe(path, load_checkpoint(path)))
+        key = (path, os.stat(path).st_mtime_ns)
+        if getattr(self, "_described", (None,))[0] != key:
+            try:
+                ckpt = load_checkpoint(path)
+            except MammoLabelError:  # an unreadable file is refused by load(); /info still answers
+                ckpt = {}
+            self._described = (key, describe(path, ckpt))
         return self._described[1]
 
     # --- benchmark hooks (mammolabel benchmark) ------------------------------------------------
