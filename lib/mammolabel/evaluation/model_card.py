@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mammolabel.engines.progress import format_seconds
-from mammolabel.zoo import KINDS
+from mammolabel.zoo import KINDS, MODELS_DIR
 
 PAPERS = {
     "classification": "Dahl et al., holistic + attention ResNet classification with an ensemble "
@@ -77,6 +77,22 @@ def _section(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def _speed(task: str) -> list[str]:
+    """The click latency ``mammolabel benchmark`` measured for the shipped checkpoints (benchmarks/cpu/)."""
+    path = MODELS_DIR.parent / "benchmarks" / "cpu" / f"{task}.json"
+    if not path.is_file():
+        return []
+    report = json.loads(path.read_text())
+    server, forward = report[task]["server"], report[task].get("forward", {})
+    lines = [f"One click (POST /infer on a 1024 x 1024 film, median of 5 warm requests through the real server) "
+             f"answers in {server['latency_s']:.2f} s in {server['precision']} on this 2-core machine "
+             f"(load average {server['load_1m']}; `mammolabel benchmark`, `benchmarks/cpu/{task}.json`)."]
+    if forward:
+        lines[0] += (f" The network's forward: {forward['fp32']['latency_s'] * 1000:.0f} ms in fp32, "
+                     f"{forward['bf16_channels_last']['latency_s'] * 1000:.0f} ms in bf16 + channels_last.")
+    return ["## Speed", "", *lines, ""]
+
+
 def write_card(out_dir: Path, task: str) -> Path:
     """Write ``out_dir/<task>.md`` from the ``<task>.<kind>.json`` records present."""
     records = [json.loads((out_dir / f"{task}.{kind}.json").read_text())
@@ -99,6 +115,7 @@ def write_card(out_dir: Path, task: str) -> Path:
     ]
     for record in records:
         lines += _section(record)
+    lines += _speed(task)
     if task in NOTES:
         lines += ["## Storage", "", NOTES[task], ""]
     lines += ["## Known failure modes", "", FAILURE_MODES[task], ""]
