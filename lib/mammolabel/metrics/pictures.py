@@ -61,6 +61,13 @@ def save_roc(path: str | os.PathLike, curves: dict[str, tuple[np.ndarray, np.nda
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure as PNG in one atomic rename and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
@@ -90,9 +97,4 @@ def save_reliability(path: str | os.PathLike, curves: dict[str, np.ndarray], tru
     ax.set(xlabel="mean probability in bin", ylabel="share of positive images", title=title, xlim=(0, 1),
            ylim=(0, 1.01))
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
