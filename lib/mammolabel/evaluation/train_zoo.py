@@ -84,8 +84,9 @@ def _datasets(kind: str, work: Path, mias_dir: Path) -> tuple[LabelInventory, La
         write_phantom_study(work / "test", n=24, seed=0, mask_fraction=0.3, dicom=False)
         train = collect_labels(MammoDatastore(work / "train", read_only=True))
         test = collect_labels(MammoDatastore(work / "test", read_only=True))
-        return train, test, ("96 generated phantoms (seed 100, half of the lesion films with a mask, the others "
-                             "a box); scored on the 24 phantoms of `run.sh` (seed 0)")
+        return train, test, ("96 generated phantoms (seed 100, half of the lesion films with a mask, the others a "
+                             "box; the best epoch chosen on a patient-wise validation split of them); scored on the "
+                             "24 phantoms of `run.sh` (seed 0), which neither training nor selection saw")
     if not mias_dir.is_dir():
         raise InputError(f"train-zoo mias: the mini-MIAS development films are not at {mias_dir}")
     import_mias(mias_dir, work / "mias")
