@@ -62,7 +62,7 @@ def _section(record: dict[str, Any]) -> list[str]:
         "",
         f"- Preset: `{record['preset']}` ({options}); train tasks {', '.join(record['train_tasks'])}, "
         "from random weights, seed 0.",
-        f"- Data: {record['data']}. Labels used: {record['labels']}. Licence: {LICENCES[record['kind']]}.",
+        f"- Data: {record['data']}. Labels on the training films: {record['labels']}. Licence: {LICENCES[record['kind']]}.",
         f"- Made by `{record['command']}`: {format_seconds(record['train_wall_s'])} of training on this "
         f"2-core machine with {record['threads']} thread{'s' if record['threads'] != 1 else ''} (load average {load[0]} at the start, {load[3]} at "
         f"the end). Stored as {record['checkpoint']['storage']}, {record['checkpoint']['bytes'] / 1e6:.1f} MB.",
