@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import tarfile
+import zipfile
 from pathlib import Path
 
 import nrrd
@@ -26,3 +29,22 @@ def labelmap_from(content: bytes, tmp_path: Path) -> np.ndarray:
     data, _ = nrrd.read(str(path))
     assert data.dtype == np.uint8 and data.ndim == 3 and data.shape[2] == 1
     return data[..., 0].T
+
+
+def archive(kind: str, members: dict[str, bytes], tar_mode: str = "w:gz") -> bytes:
+    """A zip or tar archive of ``members``; a tar member named ``link...`` is a symlink to /etc/passwd."""
+    buf = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+    else:
+        with tarfile.open(fileobj=buf, mode=tar_mode) as t:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                if name.startswith("link"):
+                    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                else:
+                    info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -13,10 +13,8 @@ import io
 import json
 import os
 import socket
-import tarfile
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from helpers import tree_digest
+from helpers import archive, tree_digest
 from PIL import Image
 from pydicom.dataelem import DataElement
 
@@ -115,24 +113,6 @@ def nifti_bomb(shape: tuple[int, ...]) -> bytes:
     header.set_data_shape(shape)
     raw = header.binaryblock + b"\0" * (352 - len(header.binaryblock)) + b"\0" * 4096
     return gzip.compress(raw)
-
-
-def archive(kind: str, members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    if kind == "zip":
-        with zipfile.ZipFile(buf, "w") as z:
-            for name, data in members.items():
-                z.writestr(name, data)
-    else:
-        with tarfile.open(fileobj=buf, mode="w:gz") as t:
-            for name, data in members.items():
-                info = tarfile.TarInfo(name)
-                if name.startswith("link"):
-                    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
-                else:
-                    info.size = len(data)
-                t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 Case = tuple[str, str, str, dict, dict | None, dict | None]

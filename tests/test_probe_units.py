@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import tarfile
-import zipfile
 from collections import Counter
 
 import pytest
 from starlette.datastructures import UploadFile
 
+from helpers import archive
 from mammolabel.confine import confine_train_options, is_inside, model_file
 from mammolabel.data.schema import check_info, read_field
 from mammolabel.errors import InputError, NotFoundError
@@ -74,19 +73,7 @@ def test_input_size_options_have_upper_bounds():
 
 
 def _upload(name: str, members: dict[str, bytes], kind: str) -> UploadFile:
-    buf = io.BytesIO()
-    if kind == "zip":
-        with zipfile.ZipFile(buf, "w") as z:
-            for member, data in members.items():
-                z.writestr(member, data)
-    else:
-        with tarfile.open(fileobj=buf, mode="w") as t:
-            for member, data in members.items():
-                info = tarfile.TarInfo(member)
-                info.size = len(data)
-                t.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return UploadFile(buf, filename=name)
+    return UploadFile(io.BytesIO(archive(kind, members, tar_mode="w")), filename=name)
 
 
 def test_archives_are_checked_before_unpacking():
