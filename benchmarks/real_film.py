@@ -28,7 +28,7 @@ def film_path(name: str) -> Path:
 
 
 def _measure(task_name: str, film: str, device: str, model_dir: str, queue: mp.Queue) -> None:
-    from mammolabel.engines.evaluate import run_task
+    from mammolabel.evaluation.evaluate import run_task
     from mammolabel.tasks import infer_tasks
 
     cls = infer_tasks()[task_name]
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", action="append", help="only these tasks")
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("real_film.json"))
     args = p.parse_args(argv)
-    from mammolabel.engines.benchmark import machine
+    from mammolabel.evaluation.benchmark import machine
     from mammolabel.io import read_mammogram
     from mammolabel.tasks import infer_tasks
 

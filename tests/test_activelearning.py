@@ -11,7 +11,7 @@ import torch
 
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.engines.checkpoint import save_checkpoint
+from mammolabel.training.checkpoint import save_checkpoint
 from mammolabel.io import write_labelmap
 from mammolabel.tasks.activelearning import (
     FirstStrategy,
@@ -21,8 +21,8 @@ from mammolabel.tasks.activelearning import (
     heatmap_uncertainty,
 )
 from mammolabel.tasks.infer import Prediction
-from mammolabel.networks.xiong import HybridConfig, XiongHybridNet
-from mammolabel.tasks.xiong import HybridSegmentationInfer
+from mammolabel.methods.xiong.network import HybridConfig, XiongHybridNet
+from mammolabel.methods.xiong.inference import HybridSegmentationInfer
 
 
 @pytest.fixture()
@@ -124,7 +124,7 @@ def test_strategies_through_the_server(server):
 @pytest.mark.training
 def test_simulated_annotation_loop(tmp_path):
     """Reduced loop on phantoms, two seeds (the development runs are in docs/active_learning.md)."""
-    from mammolabel.engines.simulate import simulate_active_learning
+    from mammolabel.evaluation.simulate import simulate_active_learning
 
     write_phantom_study(tmp_path / "s", n=20, seed=5, dicom=False)
     options = {"rows": 64, "cols": 64, "width": 4, "depth": 18, "batch_size": 4, "epochs": 1}

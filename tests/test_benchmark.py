@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.engines import benchmark
-from mammolabel.engines.checkpoint import save_checkpoint
-from mammolabel.networks.xiong import HybridConfig, XiongHybridNet
+from mammolabel.evaluation import benchmark
+from mammolabel.training.checkpoint import save_checkpoint
+from mammolabel.methods.xiong.network import HybridConfig, XiongHybridNet
 
 
 class Queue(list):

@@ -15,13 +15,13 @@ import pytest
 from mammolabel.cli import main
 from mammolabel.data.datastore import LabelInventory, MammoDatastore, collect_labels
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.engines.calibration import apply_map, calibrate, fit_map, operating_threshold
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.evaluate import evaluate, run_task
+from mammolabel.training.calibration import apply_map, calibrate, fit_map, operating_threshold
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.evaluation.evaluate import evaluate, run_task
 from mammolabel.errors import InputError
 from mammolabel.tasks.breast_region import BreastRegionInfer
 from mammolabel.tasks.calibrate import calibration_tasks
-from mammolabel.tasks.xiong import HybridSegmentationInfer
+from mammolabel.methods.xiong.inference import HybridSegmentationInfer
 
 
 def site(path, n: int, seed: int, lesions: int) -> MammoDatastore:

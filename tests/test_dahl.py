@@ -21,8 +21,8 @@ from torch import nn
 from mammolabel.data.dataset import prepare
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.phantoms import make_phantom
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.dahl import (
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.methods.dahl.training import (
     DahlOptions,
     analyse,
     roi_inputs,
@@ -30,11 +30,11 @@ from mammolabel.engines.dahl import (
     summarise_rows,
     train_classifier,
 )
-from mammolabel.engines.benchmark import flops
-from mammolabel.engines.evaluate import evaluate
+from mammolabel.evaluation.benchmark import flops
+from mammolabel.evaluation.evaluate import evaluate
 from mammolabel.errors import InputError, ModelNotTrainedError
 from mammolabel.io import Mammogram, canonicalise, points_from_canonical, read_label, read_mammogram, write_grey_png
-from mammolabel.networks.dahl import (
+from mammolabel.methods.dahl.network import (
     DahlClassifier,
     DahlResNet,
     centre_of_attention,
@@ -44,7 +44,7 @@ from mammolabel.networks.dahl import (
     risk_score,
     roi_boxes,
 )
-from mammolabel.tasks.dahl import ClassificationInfer, ClassifierTrain, probability
+from mammolabel.methods.dahl.inference import ClassificationInfer, ClassifierTrain, probability
 
 #: A tiny configuration for CPU tests.
 TINY = {"depth": 10, "width": 4, "input_rows": 96, "input_cols": 80, "roi_size": 48, "batch_size": 4, "lr": 1e-3}

@@ -17,10 +17,10 @@ import torch
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.dahl import DahlOptions
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.methods.dahl.training import DahlOptions
 from mammolabel.io import read_mammogram
-from mammolabel.networks.dahl import DahlClassifier
+from mammolabel.methods.dahl.network import DahlClassifier
 from helpers import labelmap_from
 
 pytestmark = pytest.mark.server

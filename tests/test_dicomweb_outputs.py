@@ -250,7 +250,7 @@ def test_non_mammograms_and_wrong_sizes_are_refused(source):
 
 def test_a_pacs_that_refuses_the_results_does_not_cost_the_result(mg_file):
     from mammolabel.data.dicomweb import DICOMwebError
-    from mammolabel.engines.evaluate import run_task
+    from mammolabel.evaluation.evaluate import run_task
     from mammolabel.tasks.breast_region import BreastRegionInfer
 
     class RefusingPacs:

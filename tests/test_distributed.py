@@ -15,13 +15,13 @@ from torch.utils.data import BatchSampler, SequentialSampler
 
 from mammolabel.cli import main
 from mammolabel.data.datastore import MammoDatastore, collect_labels
-from mammolabel.engines.checkpoint import load_checkpoint
-from mammolabel.engines.distributed import _share, _ShardedBatches, processes_for, weights_digest
-from mammolabel.engines.evaluate import run_task
-from mammolabel.engines.loop import last_path, stats_path
+from mammolabel.training.checkpoint import load_checkpoint
+from mammolabel.training.distributed import _share, _ShardedBatches, processes_for, weights_digest
+from mammolabel.evaluation.evaluate import run_task
+from mammolabel.training.loop import last_path, stats_path
 from mammolabel.errors import InputError
-from mammolabel.networks.xiong import HybridConfig, XiongHybridNet
-from mammolabel.tasks.xiong import HybridSegmentationInfer, TrainHybrid
+from mammolabel.methods.xiong.network import HybridConfig, XiongHybridNet
+from mammolabel.methods.xiong.inference import HybridSegmentationInfer, TrainHybrid
 
 
 @pytest.mark.parametrize("world", [2, 3])

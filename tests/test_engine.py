@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from mammolabel.engines import FitOptions, fit, load_checkpoint, save_checkpoint
-from mammolabel.engines.loop import last_path, stats_path
+from mammolabel.training import FitOptions, fit, load_checkpoint, save_checkpoint
+from mammolabel.training.loop import last_path, stats_path
 from mammolabel.errors import InputError, NotFoundError
-from mammolabel.tasks.train import coerce
+from mammolabel.training.options import coerce
 
 
 def tiny_problem(seed: int = 0):

@@ -12,8 +12,8 @@ from PIL import Image
 from torch import nn
 
 from mammolabel.data.datastore import MammoDatastore, collect_labels
-from mammolabel.engines.checkpoint import load_checkpoint
-from mammolabel.engines.glam import (
+from mammolabel.training.checkpoint import load_checkpoint
+from mammolabel.methods.glam.training import (
     THRESHOLDS,
     GlamOptions,
     dice_curve,
@@ -24,9 +24,9 @@ from mammolabel.engines.glam import (
 )
 from mammolabel.errors import InputError
 from mammolabel.io import read_label
-from mammolabel.losses.glam import GlamLoss, SaliencySparsityLoss
+from mammolabel.methods.glam.loss import GlamLoss, SaliencySparsityLoss
 from mammolabel.metrics import dice
-from mammolabel.networks.glam import (
+from mammolabel.methods.glam.network import (
     GatedAttention,
     GlamConfig,
     GlamNet,
@@ -37,7 +37,7 @@ from mammolabel.networks.glam import (
     select_patches,
 )
 from mammolabel.networks.pooling import top_t_pool
-from mammolabel.tasks.glam import GlamSegmentationInfer, TrainGlam, draw_outlines, equivalent_radius
+from mammolabel.methods.glam.inference import GlamSegmentationInfer, TrainGlam, draw_outlines, equivalent_radius
 from mammolabel.transforms.geometry import Frame
 
 TINY = {"global_width": 4, "local_width": 4, "local_depth": 18}

@@ -17,10 +17,10 @@ import torch
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.glam import GlamOptions
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.methods.glam.training import GlamOptions
 from mammolabel.io import read_mammogram
-from mammolabel.networks.glam import CLASSES, GlamNet
+from mammolabel.methods.glam.network import CLASSES, GlamNet
 from helpers import labelmap_from
 
 pytestmark = pytest.mark.server

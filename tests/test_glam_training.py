@@ -14,7 +14,7 @@ import torch
 from conftest import full_training
 from mammolabel.cli import main
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.engines.checkpoint import load_checkpoint
+from mammolabel.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.training
 

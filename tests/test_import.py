@@ -25,7 +25,7 @@ from mammolabel.data.import_csv import import_csv
 from mammolabel.data.mias import parse_info
 from mammolabel.data.phantoms import make_phantom
 from mammolabel.data.view import dicom_laterality, dicom_view, infer_view, laterality_from_text, view_from_text
-from mammolabel.engines.evaluate import run_task
+from mammolabel.evaluation.evaluate import run_task
 from mammolabel.io import (canonicalise, read_dicom, read_label, read_mammogram, write_dicom_mg, write_grey_png,
                            write_labelmap)
 from mammolabel.tasks.breast_region import BreastRegionInfer

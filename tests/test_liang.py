@@ -10,7 +10,7 @@ from PIL import Image
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines.liang import (
+from mammolabel.methods.liang.training import (
     LiangOptions,
     TrainingItems,
     augment,
@@ -21,8 +21,8 @@ from mammolabel.engines.liang import (
 )
 from mammolabel.errors import InputError
 from mammolabel.io import read_label
-from mammolabel.losses.liang import TrimapBCELoss
-from mammolabel.networks.liang import (
+from mammolabel.methods.liang.loss import TrimapBCELoss
+from mammolabel.methods.liang.network import (
     BACKGROUND,
     FOREGROUND,
     UNKNOWN,
@@ -35,7 +35,7 @@ from mammolabel.networks.liang import (
     region_on,
     trimap,
 )
-from mammolabel.tasks.liang import CamSelfTrainingTrain, LocalizationInfer
+from mammolabel.methods.liang.inference import CamSelfTrainingTrain, LocalizationInfer
 from mammolabel.transforms.geometry import Frame
 
 torch.set_num_threads(1)

@@ -17,11 +17,11 @@ import torch
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from mammolabel.engines import precision
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.liang import LiangOptions
+from mammolabel.training import precision
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.methods.liang.training import LiangOptions
 from mammolabel.io import read_mammogram
-from mammolabel.networks.liang import LiangNet
+from mammolabel.methods.liang.network import LiangNet
 from helpers import labelmap_from
 
 pytestmark = pytest.mark.server

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.engines import precision
-from mammolabel.engines.checkpoint import save_checkpoint
+from mammolabel.training import precision
+from mammolabel.training.checkpoint import save_checkpoint
 from mammolabel.errors import InputError
 from mammolabel.io import canonicalise, read_mammogram
 from mammolabel.tasks import infer_tasks
@@ -101,8 +101,8 @@ def spread(net: torch.nn.Module, heads: list[str], call: Any, std: float = 2.0) 
 
 
 def classification(film: Path, path: Path) -> dict[str, Any]:
-    from mammolabel.engines.dahl import DahlOptions
-    from mammolabel.networks.dahl import DahlClassifier
+    from mammolabel.methods.dahl.training import DahlOptions
+    from mammolabel.methods.dahl.network import DahlClassifier
 
     config = DahlOptions(depth=18, width=16, input_rows=ROWS, input_cols=COLS, roi_size=128).network(attention=True)
     net = DahlClassifier(**config)
@@ -114,8 +114,8 @@ def classification(film: Path, path: Path) -> dict[str, Any]:
 
 
 def localization(film: Path, path: Path) -> dict[str, Any]:
-    from mammolabel.engines.liang import LiangOptions
-    from mammolabel.networks.liang import LiangNet
+    from mammolabel.methods.liang.training import LiangOptions
+    from mammolabel.methods.liang.network import LiangNet
 
     options = LiangOptions(size=ROWS, width=0.25, head_channels=64, first_channels=32, shared_channels=32)
     x = network_input(film, (ROWS, ROWS))
@@ -130,8 +130,8 @@ def localization(film: Path, path: Path) -> dict[str, Any]:
 
 
 def glam_segmentation(film: Path, path: Path) -> dict[str, Any]:
-    from mammolabel.engines.glam import GlamOptions
-    from mammolabel.networks.glam import CLASSES, GlamNet
+    from mammolabel.methods.glam.training import GlamOptions
+    from mammolabel.methods.glam.network import CLASSES, GlamNet
 
     options = GlamOptions(rows=ROWS, cols=192, patch_size=64, num_patches=2, global_width=8, local_width=8,
                           local_depth=18)
@@ -146,7 +146,7 @@ def glam_segmentation(film: Path, path: Path) -> dict[str, Any]:
 
 
 def discriminative_segmentation(film: Path, path: Path) -> dict[str, Any]:
-    from mammolabel.networks.tardy import DiscriminativeSegmenter, UNetConfig
+    from mammolabel.methods.tardy.network import DiscriminativeSegmenter, UNetConfig
 
     x = network_input(film, (ROWS, COLS))
     net = fit(DiscriminativeSegmenter(UNetConfig(features=[8, 16, 32, 64])), lambda net: F.mse_loss(net.backbone(x), x))
@@ -156,7 +156,7 @@ def discriminative_segmentation(film: Path, path: Path) -> dict[str, Any]:
 
 
 def hybrid_segmentation(film: Path, path: Path) -> dict[str, Any]:
-    from mammolabel.networks.xiong import HybridConfig, XiongHybridNet
+    from mammolabel.methods.xiong.network import HybridConfig, XiongHybridNet
 
     config = HybridConfig(depth=18, width=16)
     x = network_input(film, (ROWS, COLS))

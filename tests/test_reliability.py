@@ -25,7 +25,7 @@ from PIL import Image
 
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.engines.checkpoint import load_checkpoint
+from mammolabel.training.checkpoint import load_checkpoint
 from mammolabel.io import read_label, write_dicom_mg, write_labelmap
 from mammolabel.server_process import ServerProcess
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from mammolabel.engines.checkpoint import save_checkpoint
-from mammolabel.engines.tardy import (
+from mammolabel.training.checkpoint import save_checkpoint
+from mammolabel.methods.tardy.training import (
     PRETRAIN_STAGE,
     initialise_backbone,
     load_pretrained,
@@ -20,15 +20,15 @@ from mammolabel.engines.tardy import (
     segmentation_loss,
 )
 from mammolabel.errors import InputError
-from mammolabel.losses.tardy import MalignancyMapLoss
-from mammolabel.networks.tardy import (
+from mammolabel.methods.tardy.loss import MalignancyMapLoss
+from mammolabel.methods.tardy.network import (
     DiscriminativeSegmenter,
     FullImageUNet,
     ResidualSeparableBlock,
     SeparableConv2d,
     UNetConfig,
 )
-from mammolabel.transforms.tardy import (
+from mammolabel.methods.tardy.transforms import (
     RandGamma,
     RandGammad,
     RandIrregularInPaint,

@@ -17,10 +17,10 @@ from mammolabel.cli import main
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.labels import boxes_from_mask
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.tardy import THRESHOLDS, discriminative_images, pretraining_images
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.methods.tardy.training import THRESHOLDS, discriminative_images, pretraining_images
 from mammolabel.io import canonicalise, from_canonical, read_label, read_mammogram
-from mammolabel.networks.tardy import DiscriminativeSegmenter, UNetConfig
+from mammolabel.methods.tardy.network import DiscriminativeSegmenter, UNetConfig
 from mammolabel.transforms.geometry import make_frame
 from helpers import labelmap_from
 

@@ -12,8 +12,8 @@ import torch
 from conftest import full_training
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.engines.checkpoint import load_checkpoint
-from mammolabel.tasks.tardy import PretrainReconstructionTrain, TrainDiscriminativeTrain
+from mammolabel.training.checkpoint import load_checkpoint
+from mammolabel.methods.tardy.inference import PretrainReconstructionTrain, TrainDiscriminativeTrain
 
 pytestmark = pytest.mark.training
 

@@ -13,23 +13,23 @@ from mammolabel.cli import main as cli
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.xiong import HybridDataset, HybridTrainOptions, init_encoder, plan_labels
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.methods.xiong.training import HybridDataset, HybridTrainOptions, init_encoder, plan_labels
 from mammolabel.errors import InputError
-from mammolabel.losses.xiong import (
+from mammolabel.methods.xiong.loss import (
     HybridLoss,
     PixelPositionAwareLoss,
     UncertainAreaPerceptionLoss,
     reversed_box_mask,
 )
 from mammolabel.networks.backbones import ResNetFeatures
-from mammolabel.networks.xiong import (
+from mammolabel.methods.xiong.network import (
     FeatureDisentanglement,
     HybridConfig,
     SpatialPrompting,
     XiongHybridNet,
 )
-from mammolabel.tasks.xiong import HybridSegmentationInfer, TrainHybrid
+from mammolabel.methods.xiong.inference import HybridSegmentationInfer, TrainHybrid
 
 TINY = {"rows": 64, "cols": 64, "width": 4, "depth": 18, "batch_size": 4}
 

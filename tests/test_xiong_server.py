@@ -12,9 +12,9 @@ import requests
 import torch
 from monailabel.client import MONAILabelClient
 
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.io import canonicalise, read_mammogram
-from mammolabel.networks.xiong import HybridConfig, XiongHybridNet
+from mammolabel.methods.xiong.network import HybridConfig, XiongHybridNet
 from mammolabel.transforms.geometry import make_frame
 
 pytestmark = pytest.mark.server

@@ -13,8 +13,8 @@ import torch
 from conftest import full_training
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.engines.checkpoint import load_checkpoint
-from mammolabel.tasks.xiong import TrainHybrid
+from mammolabel.training.checkpoint import load_checkpoint
+from mammolabel.methods.xiong.inference import TrainHybrid
 
 pytestmark = pytest.mark.training
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.loop import load_matching
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.training.loop import load_matching
 from mammolabel.errors import InputError
 from mammolabel.evaluation.intervals import bootstrap, interval_summary
 from mammolabel.tasks import infer_tasks, train_tasks
@@ -111,7 +111,7 @@ def test_float16_storage_leaves_the_results_unchanged(task, tmp_path, phantom_di
     """Weights stored as float16 differ from the trained float32 ones by at most half a float16 step: the same
     perturbation applied afresh must leave the labelmap (>= 99 % of pixels) and the probabilities (0.02) as they are.
     Inference runs in float32 here, so that only the stored weights differ (bf16 is tests/test_precision.py's)."""
-    from mammolabel.engines.evaluate import run_task
+    from mammolabel.evaluation.evaluate import run_task
 
     monkeypatch.setenv("MAMMOLABEL_PRECISION", "fp32")
 

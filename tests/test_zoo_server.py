@@ -95,7 +95,7 @@ def test_fine_tuning_from_the_client_leaves_the_shipped_file_and_serves_the_new_
         time.sleep(2)
     assert site.exists(), (fresh.log_path.read_text())[-3000:]
     assert hashlib.sha256(shipped.read_bytes()).hexdigest() == digest
-    from mammolabel.engines.checkpoint import load_checkpoint
+    from mammolabel.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(site)
     assert ckpt["started_from"] == shipped.name and ckpt["preset"] == "cpu" and ckpt["train_task"] == train

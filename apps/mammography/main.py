@@ -40,7 +40,7 @@ from mammolabel.tasks.activelearning import (
     WeakFirstStrategy,
 )
 from mammolabel.tasks.calibrate import calibration_tasks
-from mammolabel.tasks.infer import MammoInferTask
+from mammolabel.tasks.infer import MammoInferTask, MethodInferTask
 from mammolabel.tasks.routes import REQUEST_PATHS, install_routes
 from mammolabel.tasks.server import install_error_handlers
 from mammolabel.zoo import choose_kind
@@ -90,10 +90,11 @@ class MammoLabelApp(MONAILabelApp):
         for config in self.models.values():
             task = config.infer()
             infers.update(task if isinstance(task, dict) else {config.name: task})
-        if isinstance(self._datastore, DICOMwebMammoDatastore):
-            for task in infers.values():
-                if isinstance(task, MammoInferTask):
-                    task.dicom_sink = self._datastore
+        for task in infers.values():
+            if isinstance(task, MethodInferTask):
+                task.datastore = self._datastore  # where a method finds the patient's other views
+            if isinstance(task, MammoInferTask) and isinstance(self._datastore, DICOMwebMammoDatastore):
+                task.dicom_sink = self._datastore
         return infers
 
     def init_trainers(self) -> dict[str, TrainTask]:
@@ -163,6 +164,6 @@ class MammoLabelApp(MONAILabelApp):
             store = datastore or self.datastore()
             image = self.check_image(image, store)
             info = store.get_image_info(image)
-            request = {**request, "image": image}
+            request = {**request, "image": image, "image_id": image}
             request = {"laterality": info.get("laterality"), "view": info.get("view"), **request}
         return super().infer(request, datastore)

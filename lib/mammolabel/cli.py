@@ -87,7 +87,7 @@ def _infer_task(name: str, checkpoint: str | None):
 
 
 def _infer(args: argparse.Namespace) -> dict[str, Any]:
-    from mammolabel.engines.evaluate import run_task
+    from mammolabel.evaluation.evaluate import run_task
     from mammolabel.io import read_mammogram, write_labelmap
     from mammolabel.metrics.pictures import save_overlay
 
@@ -117,7 +117,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     if args.epochs is not None:
         request["epochs"] = args.epochs
     if args.nproc_per_node or args.nnodes != "1":
-        from mammolabel.engines.distributed import Job, launch
+        from mammolabel.tasks.launch import Job, launch
 
         task.options(request)  # bad options and studies are refused before any process starts
         _open_studies(args.studies)
@@ -128,7 +128,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
 def _calibrate(args: argparse.Namespace) -> dict[str, Any]:
     from mammolabel.data.datastore import collect_labels
-    from mammolabel.engines.calibration import calibrate
+    from mammolabel.training.calibration import calibrate
 
     task = _infer_task(args.task, args.checkpoint)
     inventory = collect_labels(_open_studies(args.studies))
@@ -138,8 +138,8 @@ def _calibrate(args: argparse.Namespace) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from mammolabel.data.datastore import collect_labels
-    from mammolabel.engines.checkpoint import load_checkpoint
-    from mammolabel.engines.evaluate import evaluate
+    from mammolabel.training.checkpoint import load_checkpoint
+    from mammolabel.evaluation.evaluate import evaluate
 
     task = _infer_task(args.task, args.checkpoint)
     ids = None
@@ -153,7 +153,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    from mammolabel.engines.benchmark import run_benchmarks
+    from mammolabel.evaluation.benchmark import run_benchmarks
 
     return run_benchmarks(args.out, device=args.device, tasks=args.task, quick=args.quick, threads=args.threads,
                           preset=args.preset)
@@ -166,7 +166,7 @@ def _train_zoo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _simulate_al(args: argparse.Namespace) -> dict[str, Any]:
-    from mammolabel.engines.simulate import simulate_active_learning
+    from mammolabel.evaluation.simulate import simulate_active_learning
 
     result = simulate_active_learning(
         args.studies, args.out, train_task=args.train_task, infer_task=args.infer_task,

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from mammolabel.errors import InputError
+from mammolabel.training.checkpoint import SCHEMA_VERSION
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 KINDS = ("demo", "mias")
 #: Marker file of a phantom datastore (written by ``make-phantoms``).
 PHANTOM_MARKER = "phantoms.json"
-#: Version of the checkpoint fields written by every train task (see :func:`stamp`).
-SCHEMA_VERSION = 2
 
 
 def data_kind(studies: str | os.PathLike | None) -> str:
@@ -58,7 +57,7 @@ def checkpoint_paths(task: str, model_dir: str | os.PathLike, conf: dict[str, st
 
 def stamp(ckpt: dict[str, Any], train_task: str, preset: str, inventory_counts: dict[str, int],
           studies: str | None, started_from: Path | None) -> dict[str, Any]:
-    """Fields every checkpoint carries from its train task (schema :data:`SCHEMA_VERSION`)."""
+    """Fields every checkpoint carries from its train task (:mod:`mammolabel.training.checkpoint`'s schema)."""
     return {
         **ckpt,
         "schema_version": SCHEMA_VERSION,
@@ -80,5 +79,5 @@ def describe(path: str | os.PathLike, ckpt: dict[str, Any]) -> dict[str, Any]:
         "created": ckpt.get("created")
         or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
         "preset": ckpt.get("preset", "unknown"),
-        "schema_version": ckpt.get("schema_version", 1),
+        "schema_version": ckpt.get("upgraded_from", ckpt.get("schema_version", 1)),
     }

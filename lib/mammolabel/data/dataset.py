@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines.progress import Progress
+from mammolabel.training.progress import Progress
 from mammolabel.io import canonicalise, read_label, read_mammogram, to_canonical
 from mammolabel.transforms.geometry import Frame, make_frame
 

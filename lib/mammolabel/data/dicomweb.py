@@ -48,7 +48,7 @@ from mammolabel.io import read_dicom, read_label, read_mammogram, write_labelmap
 from mammolabel.io import dicom_outputs
 
 if TYPE_CHECKING:
-    from mammolabel.tasks.infer import Prediction
+    from mammolabel.io.prediction import Prediction
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from mammolabel.data.datastore import LabelInventory
-from mammolabel.engines.evaluate import score_sets
+from mammolabel.evaluation.evaluate import score_sets
 from mammolabel.metrics import auc
 
 Rows = list[dict[str, Any]]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mammolabel.engines.progress import format_seconds
+from mammolabel.training.progress import format_seconds
 from mammolabel.zoo import KINDS, MODELS_DIR
 
 PAPERS = {

@@ -26,9 +26,9 @@ from mammolabel.data.labels import ImageLabels
 from mammolabel.data.mias import import_mias
 from mammolabel.data.phantoms import write_phantom_study
 from mammolabel.data.split import split_by_patient
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.evaluate import evaluate
-from mammolabel.engines.progress import format_seconds
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.evaluation.evaluate import evaluate
+from mammolabel.training.progress import format_seconds
 from mammolabel.errors import InputError
 from mammolabel.evaluation.intervals import found_key, interval_summary
 from mammolabel.evaluation.model_card import write_card

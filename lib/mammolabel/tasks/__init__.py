@@ -1,7 +1,8 @@
 """MONAI Label adapters (infer, train, strategy, scoring) and the registry the app and CLI share.
 
-Every module of this package is imported by :func:`infer_tasks` / :func:`train_tasks`; a task is
-registered by subclassing :class:`MammoInferTask` or :class:`MammoTrainTask` with a ``name``.
+Every method of :mod:`mammolabel.methods` is served by :class:`MethodInferTask` and one
+:class:`MammoTrainTask` per trainer; a task without a method (``breast_region``) subclasses
+:class:`MammoInferTask` with a ``name`` in a module of this package.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import importlib
 import pkgutil
 
 from mammolabel.errors import NotFoundError
-from mammolabel.tasks.infer import MammoInferTask, Prediction
+from mammolabel.methods import methods
+from mammolabel.tasks.infer import MammoInferTask, MethodInferTask, Prediction
 from mammolabel.tasks.train import MammoTrainTask
 
 
@@ -21,19 +23,23 @@ def _subclasses(base: type) -> dict[str, type]:
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        if getattr(cls, "name", ""):
+        if getattr(cls, "name", "") and not hasattr(cls, "method"):
             found[cls.name] = cls
     return dict(sorted(found.items()))
 
 
 def infer_tasks() -> dict[str, type[MammoInferTask]]:
     """Infer task classes by name."""
-    return _subclasses(MammoInferTask)
+    found = _subclasses(MammoInferTask)
+    found.update({name: MethodInferTask.for_method(m) for name, m in methods().items()})
+    return dict(sorted(found.items()))
 
 
 def train_tasks() -> dict[str, type[MammoTrainTask]]:
     """Train task classes by name."""
-    return _subclasses(MammoTrainTask)
+    found = _subclasses(MammoTrainTask)
+    found.update({t.name: MammoTrainTask.for_trainer(m, t) for m in methods().values() for t in m.trainers})
+    return dict(sorted(found.items()))
 
 
 def lookup(registry: dict[str, type], name: str, what: str) -> type:
@@ -43,4 +49,4 @@ def lookup(registry: dict[str, type], name: str, what: str) -> type:
     return registry[name]
 
 
-__all__ = ["MammoInferTask", "MammoTrainTask", "Prediction", "infer_tasks", "lookup", "train_tasks"]
+__all__ = ["MammoInferTask", "MammoTrainTask", "MethodInferTask", "Prediction", "infer_tasks", "lookup", "train_tasks"]

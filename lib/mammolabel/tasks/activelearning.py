@@ -32,7 +32,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from mammolabel.data.datastore import collect_labels
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.schema import read_field
-from mammolabel.engines.progress import Progress
+from mammolabel.training.progress import Progress
 from mammolabel.tasks.infer import MammoInferTask, Prediction
 from mammolabel.transforms import LoadMammogramd
 

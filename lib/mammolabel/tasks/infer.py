@@ -1,8 +1,11 @@
-"""Base class of every MammoLabel infer task, as served by MONAI Label and run by the CLI.
+"""The infer tasks MONAI Label serves and the CLI runs: :class:`MethodInferTask` adapts any method.
 
 A task only says how to ``predict`` on a canonical image. The base loads and canonicalises the
-image, maps the labelmap, points and boxes back to the original orientation, and writes the
-labelmap as a W x H x 1 uint8 NRRD (what 3D Slicer and OHIF display) next to a JSON result.
+image (MONAI Label's pre-transforms), runs the prediction (its inferer), maps the labelmap, points
+and boxes back to the original orientation, and writes the labelmap as a W x H x 1 uint8 NRRD
+(what 3D Slicer and OHIF display) next to a JSON result (its writer). :class:`MethodInferTask`
+serves a :class:`~mammolabel.methods.contract.Method`: the network is rebuilt from the checkpoint,
+and the patient's other views come from the datastore the app serves.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,50 +21,18 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from mammolabel.data.exam import exam_of
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines import calibration, precision
-from mammolabel.engines.checkpoint import load_checkpoint
+from mammolabel.training import calibration, precision
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.errors import MammoLabelError, ModelNotTrainedError
-from mammolabel.io import boxes_from_canonical, from_canonical, points_from_canonical, write_labelmap
+from mammolabel.io import write_labelmap
+from mammolabel.io.prediction import Prediction, restore
+from mammolabel.methods.contract import Method, PredictContext
 from mammolabel.transforms import LoadMammogramd
 from mammolabel.zoo import describe
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Prediction:
-    """What a task predicts on a canonical image (coordinates are canonical pixels, x = column).
-
-    Attributes:
-        labelmap: (rows, cols) uint8 labelmap, 0 = background.
-        values: numbers for the JSON result (probabilities, areas...).
-        points: dicts with ``x``, ``y`` and any other numbers (e.g. ``score``).
-        boxes: dicts with ``box`` = inclusive [x0, y0, x1, y1] and any other numbers.
-        heatmap: optional float (rows, cols) map in [0, 1] for pictures and DICOM heatmaps.
-    """
-
-    labelmap: np.ndarray
-    values: dict[str, Any] = field(default_factory=dict)
-    points: list[dict[str, Any]] = field(default_factory=list)
-    boxes: list[dict[str, Any]] = field(default_factory=list)
-    heatmap: np.ndarray | None = None
-
-
-def restore(prediction: Prediction, meta: dict[str, Any]) -> Prediction:
-    """Map a canonical prediction back to the orientation of the stored image."""
-    flipped = bool(meta.get("flipped", False))
-    width = int(prediction.labelmap.shape[1])
-    points = [
-        dict(p, x=q[0], y=q[1])
-        for p, q in zip(prediction.points, points_from_canonical([(p["x"], p["y"]) for p in prediction.points], flipped, width))
-    ]
-    boxes = [
-        dict(b, box=q)
-        for b, q in zip(prediction.boxes, boxes_from_canonical([b["box"] for b in prediction.boxes], flipped, width))
-    ]
-    heatmap = None if prediction.heatmap is None else from_canonical(prediction.heatmap, flipped)
-    return Prediction(from_canonical(prediction.labelmap, flipped), dict(prediction.values), points, boxes, heatmap)
 
 
 class DicomResultSink(Protocol):
@@ -132,14 +102,14 @@ class MammoInferTask(BasicInferTask):
 
         The network is rebuilt from the configuration stored in the checkpoint, so any checkpoint
         a train task wrote is served as it was trained; weights are read with ``weights_only=True``.
-        It is kept in channels_last memory format (see :mod:`mammolabel.engines.precision`).
+        It is kept in channels_last memory format (see :mod:`mammolabel.training.precision`).
         """
         path = self.checkpoint()
         if not path or not os.path.exists(path):
             raise ModelNotTrainedError(self.name, self.train_task or "?", str(path))
         key = (path, os.stat(path).st_mtime_ns, str(device))
         if getattr(self, "_loaded", (None,))[0] != key:
-            ckpt = load_checkpoint(path)
+            ckpt = load_checkpoint(path, getattr(self, "method", None) and self.method.name)
             network = self.build_network(ckpt)
             network.load_state_dict(ckpt["model"])  # float16 storage is widened to the network's float32
             self._loaded = (key, precision.channels_last(network.to(device).eval()), ckpt)
@@ -237,3 +207,62 @@ class MammoInferTask(BasicInferTask):
                 result["dicom"] = {"stored": False, "reason": str(e)}
         data["restored"] = pred
         return path, result
+
+
+def run_device(requested: Any) -> str:
+    """The request's device, or the CPU when it asks for CUDA on a machine without it."""
+    device = str(requested or "cpu")
+    return device if not device.startswith("cuda") or torch.cuda.is_available() else "cpu"
+
+
+class MethodInferTask(MammoInferTask):
+    """The infer task of a :class:`~mammolabel.methods.contract.Method` (one subclass per method, made by
+    :meth:`for_method`). The app sets :attr:`datastore` to the datastore it serves, where a method finds
+    the patient's other views."""
+
+    method: Method
+    datastore: Any = None
+
+    @classmethod
+    def for_method(cls, method: Method) -> type[MethodInferTask]:
+        """This task's class for ``method`` (the same class on every call)."""
+        made = _INFER_CLASSES.get(method.task)
+        if made is None:
+            trains = [t.name for t in method.trainers if (t.checkpoint or method.task) == method.task]
+            made = type(f"{method.name.title()}Infer", (cls,), {
+                "method": method, "name": method.task, "train_task": trains[-1] if trains else None,
+                "rank_key": method.rank_key, "__doc__": method.description, "__module__": cls.__module__})
+            _INFER_CLASSES[method.task] = made
+        return made
+
+    def __init__(self, path: str | list[str] | None = None, config: dict[str, Any] | None = None):
+        super().__init__(path=path, labels=dict(self.method.labels), description=self.method.description,
+                         config={**self.method.infer_options, **(config or {})})
+
+    def build_network(self, checkpoint: dict[str, Any]) -> torch.nn.Module:
+        return self.method.build_network(checkpoint)
+
+    def predict(self, image: torch.Tensor, meta: dict[str, Any], data: dict[str, Any]) -> Prediction:
+        device = run_device(data.get("device"))
+        network, ckpt = self.load(device)
+        image_id = data.get("image_id")
+        context = PredictContext(device=device, request=data, exam=exam_of(self.datastore, image_id), image_id=image_id)
+        return self.method.predict(network, ckpt, image[0].detach().cpu().numpy(), meta, context)
+
+    def score(self, record: ImageLabels, labelmap: np.ndarray, result: dict[str, Any]) -> dict[str, Any]:
+        return self.method.score(record, labelmap, result)
+
+    def summarise(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.method.summarise(rows)
+
+    @classmethod
+    def benchmark_module(cls) -> torch.nn.Module:
+        return cls.method.benchmark_network()
+
+    @classmethod
+    def write_benchmark_checkpoint(cls, model_dir: str | os.PathLike) -> None:
+        ckpt = cls.method.benchmark_checkpoint()
+        save_checkpoint(os.path.join(model_dir, f"{cls.name}.pt"), ckpt.pop("model"), **ckpt)
+
+
+_INFER_CLASSES: dict[str, type[MethodInferTask]] = {}

@@ -1,13 +1,14 @@
-"""Base class of every MammoLabel train task, run by MONAI Label (``/train/<name>``) and the CLI.
+"""The train task of any method's :class:`~mammolabel.methods.contract.Trainer`, run by MONAI Label
+(``/train/<name>``) and the CLI.
 
-A task declares its ``name``, the checkpoint it writes, its options with defaults (the paper's
-configuration) and its ``presets``; it implements :meth:`run` on the datastore's
-:class:`LabelInventory`. Options arriving as strings (from 3D Slicer or the CLI) are converted to
+A trainer declares its ``name``, the checkpoint it writes, its options (defaults: the paper's
+configuration) and its ``cpu`` preset; :meth:`MammoTrainTask.run` hands it the datastore's
+:class:`LabelInventory`, the parsed options and the starting weights. Options arriving as strings (from 3D Slicer or the CLI) are converted to
 the type of their default. ``preset`` (``auto``: ``cpu`` without a GPU, ``paper`` with one) fills
 the options the request does not give; ``init`` (``auto``: the checkpoint the server answers with,
 site-trained or shipped) gives the starting weights, ``scratch`` none. MONAI Label's ``multi_gpu``
-and ``gpus`` run the task in several processes (:mod:`mammolabel.engines.distributed`); every run is
-tracked in MLflow (:mod:`mammolabel.engines.tracking`).
+and ``gpus`` run the task in several processes (:mod:`mammolabel.training.distributed`); every run is
+tracked in MLflow (:mod:`mammolabel.training.tracking`).
 """
 
 from __future__ import annotations
@@ -22,36 +23,17 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from mammolabel.data.datastore import LabelInventory, collect_labels
-from mammolabel.engines import distributed, tracking
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.loop import initialised_from, stats_path
+from mammolabel.tasks import launch
+from mammolabel.training import distributed, tracking
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.training.options import coerce
+from mammolabel.training.stages import stats_path
 from mammolabel.errors import InputError
+from mammolabel.methods.contract import Method, Trainer
 from mammolabel.tasks.limits import check_limits
 from mammolabel.zoo import stamp
 
 logger = logging.getLogger("mammolabel")
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def coerce(name: str, value: Any, default: Any) -> Any:
-    """Convert ``value`` to the type of ``default`` or raise a clear :class:`InputError`."""
-    if default is None or type(value) is type(default):
-        return value
-    try:
-        if isinstance(default, bool):
-            text = str(value).strip().lower()
-            if text not in _TRUE + _FALSE:
-                raise ValueError(text)
-            return text in _TRUE
-        if isinstance(default, int):
-            return int(str(value))
-        if isinstance(default, float):
-            return float(str(value))
-        return type(default)(value)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"option '{name}': cannot use {value!r} as {type(default).__name__}") from e
-
 
 PRESETS = ("paper", "cpu")
 
@@ -64,17 +46,30 @@ def auto_preset() -> tuple[str, str]:
 
 
 class MammoTrainTask(TrainTask):
-    """Train task base. Subclasses set ``name``, ``checkpoint_name``, ``defaults`` and ``cpu_preset``
-    (the options the ``cpu`` preset changes; ``paper`` is the defaults) and implement ``run``."""
+    """The train task of one :class:`Trainer` (one subclass per trainer, made by :meth:`for_trainer`)."""
 
     name: str = ""
     checkpoint_name: str = ""  # file stem in the model folder, usually the infer task's name
     defaults: dict[str, Any] = {}
     cpu_preset: dict[str, Any] = {}
+    method: Method
+    trainer: Trainer
 
-    def __init__(self, model_dir: str | Path, description: str, defaults: dict[str, Any] | None = None,
+    @classmethod
+    def for_trainer(cls, method: Method, trainer: Trainer) -> type[MammoTrainTask]:
+        """This task's class for ``trainer`` of ``method`` (the same class on every call)."""
+        made = _TRAIN_CLASSES.get(trainer.name)
+        if made is None:
+            made = type("".join(w.title() for w in trainer.name.split("_")), (cls,), {
+                "name": trainer.name, "checkpoint_name": trainer.checkpoint or method.task,
+                "defaults": trainer.options().to_dict(), "cpu_preset": dict(trainer.cpu_preset),
+                "method": method, "trainer": trainer, "__doc__": trainer.description, "__module__": cls.__module__})
+            _TRAIN_CLASSES[trainer.name] = made
+        return made
+
+    def __init__(self, model_dir: str | Path, description: str | None = None, defaults: dict[str, Any] | None = None,
                  shipped: str | Path | None = None):
-        super().__init__(description)
+        super().__init__(description or self.trainer.description)
         self.model_dir = Path(model_dir)
         self.shipped = Path(shipped) if shipped else None
         self._defaults = {"epochs": 10, "device": "auto", "val_fraction": 0.2, "seed": 0, "resume": True,
@@ -117,6 +112,7 @@ class MammoTrainTask(TrainTask):
 
     def check(self, options: dict[str, Any]) -> None:
         """Refuse options that :meth:`run` would refuse, without training (before a background run is queued)."""
+        self.trainer.options.parse(options, self.name)
 
     def initial_weights(self, init: str, out: Path) -> Path | None:
         """The checkpoint training starts from: ``auto`` = the one the server answers with (the site-trained
@@ -140,8 +136,8 @@ class MammoTrainTask(TrainTask):
         processes, gpus = distributed.processes_for(opts["multi_gpu"], opts["gpus"], opts["device"])
         if processes > 1:
             request = {**request, "multi_gpu": False, "checkpoint": str(out)}
-            job = distributed.Job(self.name, str(self.model_dir), request, distributed.studies_of(datastore))
-            return distributed.launch(job, processes, visible_gpus=gpus)
+            job = launch.Job(self.name, str(self.model_dir), request, launch.studies_of(datastore))
+            return launch.launch(job, processes, visible_gpus=gpus)
         inventory = collect_labels(datastore)
         return self.train(inventory, opts, out, getattr(datastore, "_datastore_path", None))
 
@@ -155,14 +151,17 @@ class MammoTrainTask(TrainTask):
         logger.info(f"{self.name}: {len(inventory.images)} images; labels {dict(inventory.counts)}; "
                     f"starting from {start or 'random weights'}; options {opts}")
         with tracking.training_run(self.name, opts, dict(inventory.counts), out, self.model_dir):
-            with initialised_from(start):
-                summary = self.run(inventory, opts, out)
+            summary = self.run(inventory, opts, out, start)
             if out.is_file():
                 ckpt = stamp(load_checkpoint(out), self.name, opts["preset"], inventory.counts, studies, start)
                 save_checkpoint(out, ckpt.pop("model"), **ckpt)
             tracking.log_summary(summary)
         return {**summary, "preset": opts["preset"], "started_from": str(start) if start else "scratch"}
 
-    def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
-        """Train on ``inventory`` and write the checkpoint to ``out``; return a summary."""
-        raise NotImplementedError
+    def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path, init: Path | None = None
+            ) -> dict[str, Any]:
+        """Train on ``inventory`` into ``out``, starting from ``init``'s weights where they fit; return a summary."""
+        return self.trainer.run(inventory, self.trainer.options.parse(options, self.name), out, init)
+
+
+_TRAIN_CLASSES: dict[str, type[MammoTrainTask]] = {}

@@ -9,7 +9,7 @@ ii) the top long skip connections removed and short (residual) skips added insid
 iii) instance normalisation and leaky ReLU (Isensee et al. 2019).
 
 The same U-Net is first trained to reconstruct corrupted benign images (Models Genesis style,
-:mod:`mammolabel.transforms.tardy`), then wrapped with a *subtraction layer* (Fig. 1): the
+:mod:`mammolabel.methods.tardy.transforms`), then wrapped with a *subtraction layer* (Fig. 1): the
 discriminative model outputs ``O = I - U(I)``, so the backbone keeps a reconstruction task while
 the whole model yields the malignant regions. The paper's baseline changes the top activation
 instead (a plain sigmoid segmentation head); both are :class:`DiscriminativeSegmenter` here.

@@ -30,12 +30,12 @@ from mammolabel.data.dataset import MammoDataset
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.loop import FitOptions, FitResult, discard_stale_resume, fit
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.training.loop import FitOptions, FitResult, discard_stale_resume, fit
 from mammolabel.errors import InputError
-from mammolabel.losses.tardy import MalignancyMapLoss
-from mammolabel.networks.tardy import DiscriminativeSegmenter, FullImageUNet, UNetConfig
-from mammolabel.transforms.tardy import reconstruction_corruption
+from mammolabel.methods.tardy.loss import MalignancyMapLoss
+from mammolabel.methods.tardy.network import DiscriminativeSegmenter, FullImageUNet, UNetConfig
+from mammolabel.methods.tardy.transforms import reconstruction_corruption
 
 logger = logging.getLogger("mammolabel")
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from mammolabel.data.labels import box_mask, boxes_from_mask
-from mammolabel.networks.xiong import HybridOutput
+from mammolabel.methods.xiong.network import HybridOutput
 
 __all__ = ["HybridLoss", "PixelPositionAwareLoss", "UncertainAreaPerceptionLoss", "reversed_box_mask"]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from mammolabel.engines import precision
+from mammolabel.training import precision
 from mammolabel.errors import InputError
 from mammolabel.io import atomic_path
 

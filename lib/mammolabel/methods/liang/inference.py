@@ -18,11 +18,11 @@ import torch
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines.checkpoint import save_checkpoint
-from mammolabel.engines.liang import LiangOptions, localize, render_labelmap, train_liang
+from mammolabel.training.checkpoint import save_checkpoint
+from mammolabel.methods.liang.training import LiangOptions, localize, render_labelmap, train_liang
 from mammolabel.io import points_from_canonical
 from mammolabel.metrics import point_hits
-from mammolabel.networks.liang import LiangConfig, LiangNet
+from mammolabel.methods.liang.network import LiangConfig, LiangNet
 from mammolabel.tasks.infer import MammoInferTask, Prediction
 from mammolabel.tasks.train import MammoTrainTask
 

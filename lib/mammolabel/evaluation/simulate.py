@@ -24,7 +24,7 @@ import numpy as np
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.labels import TAG_BOX, TAG_MASK, box_mask
 from mammolabel.data.split import split_by_patient
-from mammolabel.engines.evaluate import evaluate
+from mammolabel.evaluation.evaluate import evaluate
 from mammolabel.errors import InputError
 from mammolabel.io import atomic_path, write_labelmap
 from mammolabel.tasks import infer_tasks, lookup, train_tasks

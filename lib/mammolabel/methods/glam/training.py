@@ -9,7 +9,7 @@ classes are benign and malignant (a normal image is negative for both):
 3. ``joint``: everything, with the fusion module, on the sum of the three losses.
 
 Each stage starts from the previous stage's best checkpoint (``<out>.stages/<stage>.pt``) and
-runs through :func:`mammolabel.engines.loop.fit` (device, AMP on GPU, progress, best and last
+runs through :func:`mammolabel.training.loop.fit` (device, AMP on GPU, progress, best and last
 checkpoints, resume). As in the paper ("select the best segmentation model"), the best epoch of
 a stage is the one with the best validation Dice of its saliency map (global map, local map,
 fused map) on the validation images that have a mask; without any, the validation loss decides.
@@ -37,14 +37,14 @@ import torch
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.dataset import Sample, prepare
 from mammolabel.data.split import split_by_patient
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.distributed import main_only
-from mammolabel.engines.loop import FitOptions, fit, last_path, resolve_device, stats_path
-from mammolabel.engines.progress import Progress
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.training.distributed import main_only
+from mammolabel.training.loop import FitOptions, fit, last_path, resolve_device, stats_path
+from mammolabel.training.progress import Progress
 from mammolabel.errors import InputError
-from mammolabel.losses.glam import GlamLoss
+from mammolabel.methods.glam.loss import GlamLoss
 from mammolabel.metrics import auc
-from mammolabel.networks.glam import CLASSES, STAGES, GlamConfig, GlamNet, GlamOutput
+from mammolabel.methods.glam.network import CLASSES, STAGES, GlamConfig, GlamNet, GlamOutput
 from mammolabel.transforms.geometry import Frame, make_frame
 
 logger = logging.getLogger("mammolabel")
@@ -539,7 +539,7 @@ def side_by_side(reference_dir: str | Path, num_patches: tuple[int, ...] = (1, 3
     import statistics
     import time
 
-    from mammolabel.engines.benchmark import FULL_FIELD, machine
+    from mammolabel.evaluation.benchmark import FULL_FIELD, machine
 
     x = torch.rand(1, 1, *FULL_FIELD)
     results: dict[str, Any] = {"machine": machine(), "input": list(FULL_FIELD), "repeats": repeats,

@@ -2,7 +2,7 @@
 
 The labelmap holds the lesion mask (1) and, for display, the uncertain area of the background
 branch outside the lesion (2); the JSON result lists each lesion component with its box and mean
-probability. Training lives in :mod:`mammolabel.engines.xiong`.
+probability. Training lives in :mod:`mammolabel.methods.xiong.training`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from scipy import ndimage
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines.checkpoint import save_checkpoint
-from mammolabel.engines.xiong import HybridTrainOptions, train_hybrid
+from mammolabel.training.checkpoint import save_checkpoint
+from mammolabel.methods.xiong.training import HybridTrainOptions, train_hybrid
 from mammolabel.errors import InputError
 from mammolabel.io import read_label
 from mammolabel.metrics import auc, dice, point_hits
-from mammolabel.networks.xiong import HybridConfig, XiongHybridNet
+from mammolabel.methods.xiong.network import HybridConfig, XiongHybridNet
 from mammolabel.tasks.infer import MammoInferTask, Prediction
 from mammolabel.tasks.train import MammoTrainTask
 from mammolabel.transforms.geometry import make_frame

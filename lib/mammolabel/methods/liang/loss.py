@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-from mammolabel.networks.liang import BACKGROUND, FOREGROUND
+from mammolabel.methods.liang.network import BACKGROUND, FOREGROUND
 
 __all__ = ["TrimapBCELoss"]
 
@@ -22,7 +22,7 @@ class TrimapBCELoss(_Loss):
             (per-pixel losses of shape (B, 1, h, w), zero at unknown pixels).
 
     Shapes: ``logits`` and ``trimap`` (B, 1, h, w); the trimap holds
-    :data:`~mammolabel.networks.liang.FOREGROUND`, ``BACKGROUND`` or ``UNKNOWN``.
+    :data:`~mammolabel.methods.liang.network.FOREGROUND`, ``BACKGROUND`` or ``UNKNOWN``.
 
     Example:
         >>> loss = TrimapBCELoss()

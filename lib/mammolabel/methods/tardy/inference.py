@@ -19,8 +19,8 @@ from scipy import ndimage
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines.checkpoint import save_checkpoint
-from mammolabel.engines.tardy import (
+from mammolabel.training.checkpoint import save_checkpoint
+from mammolabel.methods.tardy.training import (
     DISCRIMINATIVE_STAGE,
     PRETRAIN_STAGE,
     parse_threshold,
@@ -31,7 +31,7 @@ from mammolabel.engines.tardy import (
 from mammolabel.errors import InputError
 from mammolabel.io import read_label
 from mammolabel.metrics import dice
-from mammolabel.networks.tardy import DiscriminativeSegmenter, UNetConfig
+from mammolabel.methods.tardy.network import DiscriminativeSegmenter, UNetConfig
 from mammolabel.tasks.infer import MammoInferTask, Prediction
 from mammolabel.tasks.train import MammoTrainTask
 from mammolabel.transforms.geometry import make_frame

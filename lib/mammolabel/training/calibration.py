@@ -28,8 +28,8 @@ import numpy as np
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines.checkpoint import load_checkpoint
-from mammolabel.engines.progress import Progress
+from mammolabel.training.checkpoint import load_checkpoint
+from mammolabel.training.progress import Progress
 from mammolabel.errors import InputError, ModelNotTrainedError
 from mammolabel.io import atomic_path
 
@@ -52,19 +52,14 @@ class Target:
     truth: Callable[[ImageLabels, dict[str, Any]], bool | None]
 
 
-def _liang_truth(record: ImageLabels, result: dict[str, Any]) -> bool | None:
-    from mammolabel.engines.liang import POSITIVE_FINDINGS
-
-    return None if record.finding is None else record.finding in POSITIVE_FINDINGS[result["positive"]]
-
-
 #: The calibrated probability of each infer task that has one.
 TARGETS: dict[str, Target] = {
     "classification": Target("the checkpoint's target (malignant or abnormal)",
                              lambda r: r[f"{r['model_used']}_probability"],
                              lambda rec, r: rec.malignant if r["target"] == "malignant" else rec.abnormal),
     "glam_segmentation": Target("malignant", lambda r: r["probabilities"]["malignant"], lambda rec, r: rec.malignant),
-    "localization": Target("the checkpoint's positive findings", lambda r: r["probability"], _liang_truth),
+    "localization": Target("the checkpoint's positive findings", lambda r: r["probability"],
+                           lambda rec, r: rec.malignant if r["positive"] == "malignant" else rec.abnormal),
     "discriminative_segmentation": Target("malignant", lambda r: r["max_score"], lambda rec, r: rec.malignant),
     "hybrid_segmentation": Target("a lesion (benign or malignant)", lambda r: r["lesion_probability"],
                                   lambda rec, r: rec.abnormal),
@@ -190,7 +185,7 @@ def calibrate(task: Any, inventory: LabelInventory, method: str = "platt", sensi
               specificity: float | None = None, split: str = "all", model_dir: str | os.PathLike | None = None,
               device: str = "cpu") -> dict[str, Any]:
     """Calibrate ``task``'s probability on ``inventory``'s images with a finding; write and return the calibration."""
-    from mammolabel.engines.evaluate import run_task
+    from mammolabel.evaluation.evaluate import run_task
 
     target = _target(task)
     if method not in METHODS:

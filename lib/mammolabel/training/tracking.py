@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mammolabel.engines import distributed
+from mammolabel.training import distributed
 
 logger = logging.getLogger("mammolabel")
 

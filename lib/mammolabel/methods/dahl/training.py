@@ -1,7 +1,7 @@
 """Engine of the Dahl et al. classifier: training stages, image analysis, exam scores, evaluation rows.
 
 Everything the ``classification`` infer task and the ``train_classifier`` train task share (the
-CLI and the server call the same functions). See :mod:`mammolabel.networks.dahl` for the model.
+CLI and the server call the same functions). See :mod:`mammolabel.methods.dahl.network` for the model.
 
 Training (§3, §4.2) is two stages with image-level findings only:
 
@@ -10,7 +10,7 @@ Training (§3, §4.2) is two stages with image-level findings only:
 * ``attention``: the trained Holistic model picks each image's centre of attention; the Attention
   model, initialised from the Holistic weights, is trained on the ROIs with the same transforms.
 
-Each stage runs :func:`mammolabel.engines.loop.fit` into its own checkpoint (``<out>.holistic.pt``,
+Each stage runs :func:`mammolabel.training.loop.fit` into its own checkpoint (``<out>.holistic.pt``,
 ``<out>.attention.pt``, each resumable); the last stage run is copied to ``out``, the file the infer
 task serves, with the network configuration, the target, the label usage and the validation images.
 """
@@ -38,15 +38,15 @@ from mammolabel.data.dataset import MammoDataset
 from mammolabel.data.datastore import LabelInventory, MammoDatastore
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
-from mammolabel.engines.checkpoint import load_checkpoint
-from mammolabel.engines.distributed import main_only
-from mammolabel.engines.loop import FitOptions, FitResult, fit, last_path, resolve_device, write_stats
-from mammolabel.engines.progress import Progress
+from mammolabel.training.checkpoint import load_checkpoint
+from mammolabel.training.distributed import main_only
+from mammolabel.training.loop import FitOptions, FitResult, fit, last_path, resolve_device, write_stats
+from mammolabel.training.progress import Progress
 from mammolabel.errors import InputError
 from mammolabel.io import atomic_path, canonicalise, read_mammogram
 from mammolabel.io.orientation import body_mask
 from mammolabel.metrics import auc, point_hits
-from mammolabel.networks.dahl import DEPTHS, DahlClassifier, exam_risk, risk_score
+from mammolabel.methods.dahl.network import DEPTHS, DahlClassifier, exam_risk, risk_score
 from mammolabel.transforms.geometry import Frame, make_frame
 
 logger = logging.getLogger("mammolabel")

@@ -20,7 +20,7 @@ import torch
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines.dahl import (
+from mammolabel.methods.dahl.training import (
     LABELS,
     Analysis,
     MODELS,
@@ -36,9 +36,9 @@ from mammolabel.engines.dahl import (
     summarise_rows,
     train_classifier,
 )
-from mammolabel.engines.checkpoint import save_checkpoint
+from mammolabel.training.checkpoint import save_checkpoint
 from mammolabel.io import boxes_from_canonical, canonicalise, points_from_canonical, read_mammogram
-from mammolabel.networks.dahl import DahlClassifier
+from mammolabel.methods.dahl.network import DahlClassifier
 from mammolabel.tasks.infer import MammoInferTask, Prediction
 from mammolabel.tasks.train import MammoTrainTask, coerce
 

@@ -25,8 +25,8 @@ from scipy import ndimage
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines.checkpoint import save_checkpoint
-from mammolabel.engines.glam import (
+from mammolabel.training.checkpoint import save_checkpoint
+from mammolabel.methods.glam.training import (
     SERVED_MAP,
     STAGE_MAPS,
     STAGE_OUTPUT,
@@ -38,7 +38,7 @@ from mammolabel.engines.glam import (
 from mammolabel.errors import InputError
 from mammolabel.io import boxes_from_canonical, canonicalise, from_canonical, read_label, read_mammogram
 from mammolabel.metrics import dice
-from mammolabel.networks.glam import CLASSES, GlamConfig, GlamInference, GlamNet
+from mammolabel.methods.glam.network import CLASSES, GlamConfig, GlamInference, GlamNet
 from mammolabel.tasks.infer import MammoInferTask, Prediction
 from mammolabel.tasks.train import MammoTrainTask
 

@@ -3,32 +3,32 @@
 It moves batches to the device (channels_last and bfloat16 autocast on a GPU), logs progress
 with an ETA, validates every epoch, keeps the best checkpoint at ``out`` and the latest at
 ``out.last.pt`` (both written atomically, with the optimizer state for resuming), and resumes
-from ``out.last.pt`` when it exists. A run that does not resume starts from the weights of
-:func:`initialised_from`'s checkpoint where they fit (fine-tuning a shipped or site-trained model).
-Under torchrun (:mod:`mammolabel.engines.distributed`) each process trains on its share of the
+from ``out.last.pt`` when the resume rule of :mod:`mammolabel.training.stages` allows it. A run
+that does not resume starts from the weights of its ``init`` checkpoint where they fit
+(fine-tuning a shipped or site-trained model).
+Under torchrun (:mod:`mammolabel.training.distributed`) each process trains on its share of the
 batches under DistributedDataParallel; rank 0 alone validates, logs, tracks and writes, and every
 epoch checks that the processes hold the same weights.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mammolabel.engines import distributed, tracking
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.progress import Progress, format_seconds
+from mammolabel.training import distributed, tracking
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.training.progress import Progress, format_seconds
 from mammolabel.io import atomic_path, remove_stale_temps
+from mammolabel.training.stages import last_path, prepare_resume, stats_path
 
 logger = logging.getLogger("mammolabel")
 
@@ -85,19 +85,8 @@ def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -
     return batch
 
 
-_INITIAL_WEIGHTS: contextvars.ContextVar[Path | None] = contextvars.ContextVar("initial_weights", default=None)
 #: A training estimated to take longer than this says so at its start.
 LONG_TRAINING_S = 3600.0
-
-
-@contextlib.contextmanager
-def initialised_from(path: Path | None) -> Iterator[None]:
-    """Every :func:`fit` inside starts (when not resuming) from ``path``'s weights where they fit."""
-    token = _INITIAL_WEIGHTS.set(path)
-    try:
-        yield
-    finally:
-        _INITIAL_WEIGHTS.reset(token)
 
 
 def load_matching(model: torch.nn.Module, path: Path) -> int:
@@ -111,39 +100,6 @@ def load_matching(model: torch.nn.Module, path: Path) -> int:
         return 0
     model.load_state_dict({k: stored[k] for k in wanted}, strict=False)
     return len(wanted)
-
-
-def last_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".last.pt")
-
-
-# Options that may change between a run and its resumption.
-RESUMABLE_OPTIONS = ("epochs", "resume", "device")
-
-
-def _resume_view(ckpt: dict[str, Any], key: str) -> Any:
-    value = ckpt.get(key)
-    if key == "options" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in RESUMABLE_OPTIONS}
-    return value
-
-
-def discard_stale_resume(out: Path, meta: dict[str, Any], keys: tuple[str, ...]) -> None:
-    """Remove ``<out>.last.pt`` when it was written with other ``keys`` than ``meta``'s: resuming it would
-    continue another model (other layers, head, input size or training images). ``options`` are compared
-    without :data:`RESUMABLE_OPTIONS`."""
-    path = last_path(out)
-    if not path.exists():
-        return
-    previous = load_checkpoint(path)
-    changed = [k for k in keys if _resume_view(previous, k) != _resume_view(meta, k)]
-    if changed:
-        logger.warning(f"{path} was written with another {', '.join(changed)}; starting afresh")
-        distributed.main_only(path.unlink)
-
-
-def stats_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".stats.json")
 
 
 def write_stats(out: Path, stats: dict[str, Any]) -> None:
@@ -179,6 +135,8 @@ def fit(
     meta: dict[str, Any] | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     desc: str = "train",
+    identity: dict[str, Any] | None = None,
+    init: Path | None = None,
 ) -> FitResult:
     """Train ``model`` for ``options.epochs`` epochs; higher ``metric`` (from ``validate``) is better.
 
@@ -188,7 +146,10 @@ def fit(
         step: computes the loss of one batch (already on the device, under autocast on a GPU).
         validate: returns metrics on the validation split (called under ``torch.no_grad``).
         out: path of the best checkpoint; ``<out>.last.pt`` and ``<out>.stats.json`` go beside it.
-        meta: plain values stored in every checkpoint (network config, label report...).
+        meta: plain values stored in every checkpoint (network settings, label report...).
+        identity: the run's :func:`mammolabel.training.stages.run_identity`; a saved run with another one is
+            not resumed (:func:`mammolabel.training.stages.prepare_resume`). Stored as ``run``.
+        init: a checkpoint whose weights start the run where they fit, when it does not resume (fine-tuning).
     """
     out = Path(out)
     names = [out.name, last_path(out).name, stats_path(out).name]
@@ -198,11 +159,13 @@ def fit(
     model.to(device)
     if on_gpu and options.channels_last:
         model.to(memory_format=torch.channels_last)
-    meta = dict(meta or {})
+    meta = {**(meta or {}), **({"run": identity} if identity is not None else {})}
+    resuming = prepare_resume(out, identity, options.resume) if identity is not None else (
+        options.resume and last_path(out).exists())
     history: list[dict[str, float]] = []
     best, best_epoch, start_epoch = -math.inf, -1, 0
 
-    if options.resume and last_path(out).exists():
+    if resuming:
         ckpt = load_checkpoint(last_path(out))
         model.load_state_dict(ckpt["model"])
         if "optimizer" in ckpt:
@@ -213,8 +176,7 @@ def fit(
         best, best_epoch = float(ckpt.get("best_metric", -math.inf)), int(ckpt.get("best_epoch", -1))
         history = list(ckpt.get("history", []))
         logger.info(f"{desc}: resuming from {last_path(out)} at epoch {start_epoch + 1}")
-    elif _INITIAL_WEIGHTS.get() is not None:
-        init = _INITIAL_WEIGHTS.get()
+    elif init is not None:
         copied = load_matching(model, init)
         if copied:
             logger.info(f"{desc}: starting from {init} ({copied} tensors)")

@@ -3,7 +3,7 @@
 - :class:`SaliencySparsityLoss`: ``L_sparse(S) = sum_c mean_ij |S_c[i, j]|``, the L1 penalty of
   GMIC/GLAM taken as a per-pixel mean (resolution independent; GMIC's sum over a 46x30 map with
   beta = 3.26e-6 equals a mean with beta of about 0.009 per class).
-- :class:`GlamLoss`: the loss of each training stage, on a :class:`~mammolabel.networks.glam.GlamOutput`:
+- :class:`GlamLoss`: the loss of each training stage, on a :class:`~mammolabel.methods.glam.network.GlamOutput`:
 
   - ``global``: ``sum_n BCE(y_n, y) + beta * sum_n L_sparse(S_n)`` over the three scales (Fig. 6);
   - ``local``: ``BCE(y_l, y) + beta * L_sparse(A)`` over the patch maps (Fig. 7);
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-from mammolabel.networks.glam import STAGES, GlamOutput
+from mammolabel.methods.glam.network import STAGES, GlamOutput
 
 __all__ = ["GlamLoss", "SaliencySparsityLoss"]
 

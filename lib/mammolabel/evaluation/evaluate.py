@@ -17,8 +17,8 @@ import numpy as np
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.engines import calibration
-from mammolabel.engines.progress import Progress
+from mammolabel.training import calibration
+from mammolabel.training.progress import Progress
 from mammolabel.io import atomic_path, read_label, read_mammogram
 from mammolabel.metrics import auc, roc
 from mammolabel.metrics.pictures import save_overlay, save_roc

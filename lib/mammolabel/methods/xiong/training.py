@@ -11,7 +11,7 @@ One engine for the CLI (``mammolabel train train_hybrid``) and the server (``/tr
 2. Patient-wise train/validation split over every labelled image; validation Dice on the
    validation images with masks picks the best checkpoint.
 3. Adam (lr 1e-4), poly decay ``lr = lr0 (1 - epoch / epochs)^0.9``, random vertical and
-   horizontal flips, batch 8, total loss of Eq. 3 (:class:`~mammolabel.losses.xiong.HybridLoss`).
+   horizontal flips, batch 8, total loss of Eq. 3 (:class:`~mammolabel.methods.xiong.loss.HybridLoss`).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.dataset import MammoDataset
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
-from mammolabel.engines.checkpoint import load_checkpoint
-from mammolabel.engines.loop import FitOptions, discard_stale_resume, fit
+from mammolabel.training.checkpoint import load_checkpoint
+from mammolabel.training.loop import FitOptions, discard_stale_resume, fit
 from mammolabel.errors import InputError
-from mammolabel.losses.xiong import HybridLoss, reversed_box_mask
+from mammolabel.methods.xiong.loss import HybridLoss, reversed_box_mask
 from mammolabel.metrics import dice
-from mammolabel.networks.xiong import STRIDE, HybridConfig, XiongHybridNet
+from mammolabel.methods.xiong.network import STRIDE, HybridConfig, XiongHybridNet
 
 logger = logging.getLogger("mammolabel")
 

@@ -9,7 +9,7 @@ Training follows the paper (EMBC 2020, section II) from image-level findings onl
    ``t_f`` / ``t_b``; its CNN learns them with binary cross-entropy on the frozen classifier's
    feature map. The classifier is not updated after stage 1.
 
-Every stage runs through :func:`mammolabel.engines.loop.fit` (device, AMP on GPU, progress, best
+Every stage runs through :func:`mammolabel.training.loop.fit` (device, AMP on GPU, progress, best
 and last checkpoints, resume); the stages' files live in ``<out>.stages/`` and the final model
 (classifier and all self-training CNNs) is written to ``out``.
 
@@ -38,15 +38,15 @@ from torch.utils.data import DataLoader, Dataset
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.dataset import Sample, prepare
 from mammolabel.data.split import split_by_patient
-from mammolabel.engines.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.engines.distributed import main_only
-from mammolabel.engines.loop import FitOptions, fit, resolve_device, to_device
-from mammolabel.engines.progress import Progress
+from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
+from mammolabel.training.distributed import main_only
+from mammolabel.training.loop import FitOptions, fit, resolve_device, to_device
+from mammolabel.training.progress import Progress
 from mammolabel.errors import InputError
 from mammolabel.io.orientation import body_mask
-from mammolabel.losses.liang import TrimapBCELoss
+from mammolabel.methods.liang.loss import TrimapBCELoss
 from mammolabel.metrics import auc
-from mammolabel.networks.liang import BACKGROUND, POSITIVE, UNKNOWN, LiangConfig, LiangNet, trimap
+from mammolabel.methods.liang.network import BACKGROUND, POSITIVE, UNKNOWN, LiangConfig, LiangNet, trimap
 from mammolabel.transforms.geometry import Frame, make_frame
 
 logger = logging.getLogger("mammolabel")

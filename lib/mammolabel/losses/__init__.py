@@ -1,1 +1,0 @@
-"""Losses from the papers, as MONAI-style _Loss subclasses."""
