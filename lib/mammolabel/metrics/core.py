@@ -5,18 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+from monai.metrics import compute_dice
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from mammolabel.data.labels import Box
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
-    """Dice of two binary masks; None when both are empty (nothing to score)."""
+    """Dice of two binary masks (MONAI's ``compute_dice``); None when both are empty (nothing to score)."""
     p, t = pred > 0, truth > 0
-    total = int(p.sum() + t.sum())
-    if total == 0:
+    if not (p.any() or t.any()):
         return None
-    return float(2 * np.logical_and(p, t).sum() / total)
+    as_batch = [torch.from_numpy(np.ascontiguousarray(m))[None, None].double() for m in (p, t)]
+    return float(compute_dice(*as_batch, include_background=True, ignore_empty=False)[0, 0])
 
 
 def auc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
