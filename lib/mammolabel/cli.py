@@ -69,14 +69,9 @@ def _import_dicom(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _open_studies(studies: str):
-    """A local datastore folder, or a DICOMweb URL (credentials from MONAI Label's settings)."""
-    if str(studies).startswith(("http://", "https://")):
-        from mammolabel.data.dicomweb import from_settings
+    from mammolabel.tasks.launch import open_studies
 
-        return from_settings(str(studies))
-    from mammolabel.data.datastore import MammoDatastore
-
-    return MammoDatastore(studies, read_only=True)
+    return open_studies(str(studies))
 
 
 def _infer_task(name: str, checkpoint: str | None):
@@ -146,7 +141,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.split == "val":
         if not args.checkpoint:
             raise MammoLabelError("--split val needs --checkpoint (the validation images are recorded in it)")
-        ids = set(load_checkpoint(args.checkpoint).get("val_images", []))
+        ids = set(load_checkpoint(args.checkpoint).get("validation_images", []))
     inventory = collect_labels(_open_studies(args.studies))
     metrics = evaluate(task, inventory, args.out, device=args.device, image_ids=ids)
     return {k: v for k, v in metrics.items() if k != "rows"}

@@ -249,10 +249,12 @@ class MammoDatastore(LocalDatastore):
 
 @dataclass
 class LabelInventory:
-    """Every image of a datastore with its labels, and how many labels of each kind exist."""
+    """Every image of a datastore with its labels, how many labels of each kind exist, and the datastore
+    (where a method finds a patient's other views; None for a hand-made inventory)."""
 
     images: list[ImageLabels]
     counts: Counter = field(default_factory=Counter)
+    datastore: Any = field(default=None, repr=False, compare=False)
 
     def select(self, needs: str) -> tuple[list[ImageLabels], dict[str, int]]:
         """Images that have a label of kind ``needs`` (finding/box/mask/point), and a usage report."""
@@ -304,4 +306,4 @@ def collect_labels(datastore: Datastore, image_paths: bool = True) -> LabelInven
         rec.points = rec.points or read_field(finding_info, "points", [], counts, image_id)
         counts.update(rec.kinds or {"unlabelled"})
         images.append(rec)
-    return LabelInventory(images, counts)
+    return LabelInventory(images, counts, datastore)

@@ -1,1 +1,2 @@
-"""Evaluation above the tasks: shipped-model training (``train-zoo``), intervals and model cards."""
+"""Above the tasks: evaluation, active-learning simulation, benchmarks, shipped-model training (``train-zoo``),
+intervals and model cards."""

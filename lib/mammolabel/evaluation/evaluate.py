@@ -22,16 +22,21 @@ from mammolabel.training.progress import Progress
 from mammolabel.io import atomic_path, read_label, read_mammogram
 from mammolabel.metrics import auc, roc
 from mammolabel.metrics.pictures import save_overlay, save_roc
-from mammolabel.tasks.infer import MammoInferTask
+from mammolabel.tasks.infer import MammoInferTask, MethodInferTask
 
 logger = logging.getLogger("mammolabel")
 
 
 def run_task(
-    task: MammoInferTask, image_path: str, device: str = "cpu", laterality: str | None = None
+    task: MammoInferTask, image_path: str, device: str = "cpu", laterality: str | None = None,
+    image_id: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Run ``task`` on one image as the server does; return the labelmap (original orientation) and JSON."""
-    request = {"image": image_path, "device": device, "logging": "WARNING", "laterality": laterality}
+    """Run ``task`` on one image as the server does; return the labelmap (original orientation) and JSON.
+
+    ``image_id`` names the image in the task's datastore (where the patient's other views are found).
+    """
+    request = {"image": image_path, "device": device, "logging": "WARNING", "laterality": laterality,
+               "image_id": image_id}
     label_file, result = task(request)
     try:
         return read_label(label_file), result
@@ -83,7 +88,12 @@ def evaluate(
     image_ids: set[str] | None = None,
     n_pictures: int = 3,
 ) -> dict[str, Any]:
-    """Evaluate ``task`` on every labelled image (or those in ``image_ids``); write ``metrics.json`` and pictures."""
+    """Evaluate ``task`` on every labelled image (or those in ``image_ids``); write ``metrics.json`` and pictures.
+
+    A method sees the patient's other views in the inventory's datastore, as the server's datastore.
+    """
+    if isinstance(task, MethodInferTask) and inventory.datastore is not None:
+        task.datastore = inventory.datastore
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[ImageLabels] = [
@@ -92,7 +102,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     progress = Progress(len(records), f"evaluate {task.name}", every_s=15)
     for rec in records:
-        labelmap, result = run_task(task, rec.image_path, device, rec.laterality)
+        labelmap, result = run_task(task, rec.image_path, device, rec.laterality, rec.image_id)
         rows.append({"image_id": rec.image_id, "finding": rec.finding, **task.score(rec, labelmap, result),
                      **calibration.evaluation_row(task, rec, result)})
         progress.update()
@@ -110,7 +120,7 @@ def evaluate(
     for kind, chosen in picked.items():
         for row in chosen:
             rec = by_id[row["image_id"]]
-            labelmap, result = run_task(task, rec.image_path, device, rec.laterality)
+            labelmap, result = run_task(task, rec.image_path, device, rec.laterality, rec.image_id)
             truth = read_label(rec.mask_path, labelmap.shape) if rec.mask_path else None
             points = [(p["x"], p["y"]) for p in result.get("points", [])]
             save_overlay(out_dir / f"{kind}_{rec.image_id}.png", read_mammogram(rec.image_path).pixels,

@@ -72,9 +72,9 @@ KIND_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def subset(images: list[ImageLabels]) -> LabelInventory:
-    """An inventory of ``images`` with their own label counts."""
-    return LabelInventory(images, Counter(kind for r in images for kind in r.kinds))
+def subset(images: list[ImageLabels], of: LabelInventory) -> LabelInventory:
+    """An inventory of ``images`` (of the inventory ``of``) with their own label counts."""
+    return LabelInventory(images, Counter(kind for r in images for kind in r.kinds), of.datastore)
 
 
 def _datasets(kind: str, work: Path, mias_dir: Path) -> tuple[LabelInventory, LabelInventory, str]:
@@ -92,7 +92,7 @@ def _datasets(kind: str, work: Path, mias_dir: Path) -> tuple[LabelInventory, La
     import_mias(mias_dir, work / "mias")
     everything = collect_labels(MammoDatastore(work / "mias", read_only=True))
     rest, held = split_by_patient(everything.images, 0.2, seed=1234)
-    return (subset(rest), subset(held),
+    return (subset(rest, everything), subset(held, everything),
             f"mini-MIAS development films: {len(rest)} for training (best epoch chosen on a patient-wise validation "
             f"split inside them), scored on {len(held)} films of held-out patients")
 

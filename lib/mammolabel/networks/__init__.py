@@ -1,1 +1,1 @@
-"""One network module per paper method; shared building blocks live once."""
+"""Network building blocks shared by several methods (each paper's own network is in its method package)."""

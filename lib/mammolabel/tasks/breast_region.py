@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monailabel.interfaces.config import TaskConfig
 
 from mammolabel.breast import BREAST, PECTORAL, segment_breast
 from mammolabel.data.labels import ImageLabels
@@ -54,3 +55,17 @@ class BreastRegionInfer(MammoInferTask):
         total = sum(r["centres"] for r in rows)
         inside = sum(r.get("inside", 0) for r in rows)
         return {"lesion_centres": total, "lesion_centres_inside_breast": inside / total if total else None}
+
+
+class BreastRegionConfig(TaskConfig):
+    """MONAI Label config of ``breast_region`` (no checkpoint, no training)."""
+
+    def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs) -> None:
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.labels = {"breast": BREAST, "pectoral_muscle": PECTORAL}
+
+    def infer(self) -> BreastRegionInfer:
+        return BreastRegionInfer()
+
+    def trainer(self) -> None:
+        return None

@@ -1,4 +1,4 @@
-"""Training and evaluation engines shared by the CLI and the MONAI Label tasks."""
+"""Training shared by every method (no MONAI Label here): the fit loop, options, stages, checkpoints."""
 
 from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.training.loop import FitOptions, FitResult, fit, resolve_device, to_device

@@ -202,7 +202,7 @@ def calibrate(task: Any, inventory: LabelInventory, method: str = "platt", sensi
                          "store the site's calibration in its model folder (--model-dir)")
     records = [r for r in inventory.images if r.finding is not None]
     if split == "val":
-        val = set(load_checkpoint(checkpoint).get("val_images", []))
+        val = set(load_checkpoint(checkpoint).get("validation_images", []))
         records = [r for r in records if r.image_id in val]
     lesions = sum(r.finding != "normal" for r in records)  # every target's positives have a lesion
     if lesions < MIN_IMAGES_PER_CLASS:
