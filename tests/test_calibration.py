@@ -15,7 +15,7 @@ import pytest
 from mammolabel.cli import main
 from mammolabel.data.datastore import LabelInventory, MammoDatastore, collect_labels
 from mammolabel.data.phantoms import write_phantom_study
-from mammolabel.training.calibration import apply_map, calibrate, fit_map, operating_threshold
+from mammolabel.tasks.calibration import apply_map, calibrate, fit_map, operating_threshold
 from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.evaluation.evaluate import evaluate, run_task
 from mammolabel.errors import InputError

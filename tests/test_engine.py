@@ -33,7 +33,7 @@ def run_fit(out, epochs: int, resume: bool = True):
 
     result = fit(model, opt, lambda epoch: [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)], 4,
                  lambda m, b: loss_fn(m(b[0]), b[1]), validate, "acc", out,
-                 FitOptions(epochs=epochs, resume=resume, log_every_s=0), meta={"config": {"in": 4}})
+                 FitOptions(epochs=epochs, resume=resume, log_every_s=0), meta={"network": {"in": 4}})
     return model, result
 
 
@@ -44,7 +44,7 @@ def test_fit_reduces_loss_keeps_best_and_writes_stats(tmp_path):
     assert losses[-1] < losses[0]
     assert result.best_metric == max(h["acc"] for h in result.history)
     ckpt = load_checkpoint(out)
-    assert ckpt["config"] == {"in": 4} and ckpt["best_epoch"] + 1 == result.best_epoch
+    assert ckpt["network"] == {"in": 4} and ckpt["best_epoch"] + 1 == result.best_epoch
     assert last_path(out).exists() and "optimizer" in load_checkpoint(last_path(out))
     assert stats_path(out).exists()
 

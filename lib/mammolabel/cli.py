@@ -82,7 +82,7 @@ def _infer_task(name: str, checkpoint: str | None):
 
 
 def _infer(args: argparse.Namespace) -> dict[str, Any]:
-    from mammolabel.evaluation.evaluate import run_task
+    from mammolabel.tasks.run import run_task
     from mammolabel.io import read_mammogram, write_labelmap
     from mammolabel.metrics.pictures import save_overlay
 
@@ -123,7 +123,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
 def _calibrate(args: argparse.Namespace) -> dict[str, Any]:
     from mammolabel.data.datastore import collect_labels
-    from mammolabel.training.calibration import calibrate
+    from mammolabel.tasks.calibration import calibrate
 
     task = _infer_task(args.task, args.checkpoint)
     inventory = collect_labels(_open_studies(args.studies))

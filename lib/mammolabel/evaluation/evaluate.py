@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +16,15 @@ import numpy as np
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.training import calibration
+from mammolabel.tasks import calibration
 from mammolabel.training.progress import Progress
 from mammolabel.io import atomic_path, read_label, read_mammogram
 from mammolabel.metrics import auc, roc
 from mammolabel.metrics.pictures import save_overlay, save_roc
 from mammolabel.tasks.infer import MammoInferTask, MethodInferTask
+from mammolabel.tasks.run import run_task
 
 logger = logging.getLogger("mammolabel")
-
-
-def run_task(
-    task: MammoInferTask, image_path: str, device: str = "cpu", laterality: str | None = None,
-    image_id: str | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Run ``task`` on one image as the server does; return the labelmap (original orientation) and JSON.
-
-    ``image_id`` names the image in the task's datastore (where the patient's other views are found).
-    """
-    request = {"image": image_path, "device": device, "logging": "WARNING", "laterality": laterality,
-               "image_id": image_id}
-    label_file, result = task(request)
-    try:
-        return read_label(label_file), result
-    finally:
-        os.unlink(label_file)
 
 
 def score_sets(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[bool]]]:

@@ -1,6 +1,6 @@
 """Train tasks ``calibrate_<task>``: per-site calibration and operating point of an infer task, from the server.
 
-They run :func:`mammolabel.training.calibration.calibrate` on the datastore's labelled images, as
+They run :func:`mammolabel.tasks.calibration.calibrate` on the datastore's labelled images, as
 ``mammolabel calibrate`` does, and store the calibration in the task's model folder.
 """
 
@@ -12,7 +12,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from mammolabel.data.datastore import collect_labels
-from mammolabel.training.calibration import DEFAULT_SENSITIVITY, TARGETS, calibrate, calibration_path, load_calibration
+from mammolabel.tasks.calibration import DEFAULT_SENSITIVITY, TARGETS, calibrate, calibration_path, load_calibration
 from mammolabel.tasks.infer import MammoInferTask
 from mammolabel.training.options import coerce
 

@@ -23,7 +23,8 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from mammolabel.data.exam import exam_of
 from mammolabel.data.labels import ImageLabels
-from mammolabel.training import calibration, precision
+from mammolabel.tasks import calibration
+from mammolabel.training import precision
 from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.errors import MammoLabelError, ModelNotTrainedError
 from mammolabel.io import write_labelmap

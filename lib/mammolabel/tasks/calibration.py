@@ -185,7 +185,7 @@ def calibrate(task: Any, inventory: LabelInventory, method: str = "platt", sensi
               specificity: float | None = None, split: str = "all", model_dir: str | os.PathLike | None = None,
               device: str = "cpu") -> dict[str, Any]:
     """Calibrate ``task``'s probability on ``inventory``'s images with a finding; write and return the calibration."""
-    from mammolabel.evaluation.evaluate import run_task
+    from mammolabel.tasks.run import run_task
 
     target = _target(task)
     if method not in METHODS:
