@@ -23,6 +23,7 @@ from mammolabel.cli import main
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.import_csv import import_csv
 from mammolabel.data.mias import parse_info
+from mammolabel.errors import InputError
 from mammolabel.data.phantoms import make_phantom
 from mammolabel.data.view import dicom_laterality, dicom_view, infer_view, laterality_from_text, view_from_text
 from mammolabel.evaluation.evaluate import run_task
@@ -339,14 +340,43 @@ def test_a_film_without_view_tags_says_its_view_was_inferred(cbis_films, tmp_pat
     assert result["pectoral_area_px"] > 0 and labelmap.shape == (ds.Rows, ds.Columns)
 
 
+# --- importing again ----------------------------------------------------------------------------
+
+
+def test_importing_again_keeps_what_annotators_saved(generic, tmp_path, capsys):
+    """An annotator's mask and finding survive a second import; the import's own labels are refreshed."""
+    csv_path, images = generic
+    assert run_cli(capsys, "import-csv", csv_path, tmp_path / "ds", "--images", images)[0] == 0
+    store = MammoDatastore(tmp_path / "ds")
+    a, b = sorted(store.list_images())
+    painted = np.zeros(store.image_shape(a), np.uint8)
+    painted[10:30, 10:30] = 1
+    store.save_label(a, str(write_labelmap(tmp_path / "painted.nrrd", painted)), "final", {"annotator": "dr x"})
+    store.save_label(b, "", "finding", {"finding": "benign"})
+    code, summary, err = run_cli(capsys, "import-csv", csv_path, tmp_path / "ds", "--images", images)
+    assert code == 0, err
+    assert summary["kept_labels"] == 2 and summary["masks"] == 0 and summary["boxes"] == 2
+    recs = {r.image_id: r for r in collect_labels(MammoDatastore(tmp_path / "ds")).images}
+    assert read_label(recs[a].mask_path).sum() == 20 * 20 and recs[b].finding == "benign"
+    assert "imported_from" in MammoDatastore(tmp_path / "ds").get_label_info(a, "box")
+    # a changed film with annotators' labels is left as it was, and said so
+    write_grey_png(images / f"{a}.png", np.full(painted.shape, 0.5) + 0.1 * np.eye(*painted.shape), bits=12)
+    code, summary, err = run_cli(capsys, "import-csv", csv_path, tmp_path / "ds", "--images", images)
+    assert code == 0 and summary["kept_images"] == 1 and "has annotators' labels" in err
+    assert read_label(MammoDatastore(tmp_path / "ds").get_label_uri(a, "final")).sum() == 20 * 20
+
+
 # --- MIAS ---------------------------------------------------------------------------------------
 
 
 def test_mias_note_rows_are_findings_without_a_location(tmp_path):
-    (tmp_path / "Info.txt").write_text("mdb209 G CALC M *NOTE 3*\nmdb210 G NORM\nmdb211 G CALC B 12 *NOTE 3*\n"
-                                       "mdb212 G CALC M *NOTE*\n")
-    films, problems = parse_info(tmp_path / "Info.txt")
-    assert sorted(films) == ["mdb209", "mdb210", "mdb211"] and [p.split(":")[1] for p in problems] == ["4"]
+    rows = "mdb209 G CALC M *NOTE 3*\nmdb210 G NORM\nmdb211 G CALC B 12 *NOTE 3*\n"
+    (tmp_path / "Info.txt").write_text(rows + "mdb212 G CALC M *NOTE*\n")
+    with pytest.raises(InputError, match="Info.txt:4: malformed row"):
+        parse_info(tmp_path / "Info.txt")
+    (tmp_path / "Info.txt").write_text(rows)
+    films = parse_info(tmp_path / "Info.txt")
+    assert sorted(films) == ["mdb209", "mdb210", "mdb211"]
     assert films["mdb209"].finding == "malignant" and films["mdb209"].lesions[0].centre is None
     assert films["mdb211"].lesions[0].kind == "calcification" and films["mdb211"].lesions[0].radius is None
 

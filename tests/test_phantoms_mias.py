@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pydicom
 import pytest
 
+from mammolabel.cli import main
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.mias import import_mias, parse_info
 from mammolabel.data.phantoms import make_phantom, write_phantom_study
+from mammolabel.errors import InputError
 from mammolabel.io import read_label, read_mammogram
 
 
@@ -68,22 +71,37 @@ def test_phantom_study_png_dicom_and_truth(tmp_path):
             assert truth_mask[y0 : y1 + 1, x0 : x1 + 1].any() and truth_mask.sum() > 0
 
 
-def test_info_txt_malformed_rows_are_reported_with_line_numbers(tmp_path):
-    (tmp_path / "Info.txt").write_text(
-        "header line\n"
-        "mdb001 G CIRC B 535 425 197\n"
-        "mdb001 G CALC M 100 200 30\n"
-        "mdb002 G NORM\n"
-        "mdb003 X CIRC B 1 2 3\n"
-        "mdb004 G CIRC B 12 x 3\n"
-        "mdb005 G NORM B\n"
-        "mdb006 G CALC B\n"
-    )
-    films, problems = parse_info(tmp_path / "Info.txt")
+def test_info_txt_rows_parse_and_a_malformed_row_is_refused_with_its_line_number(tmp_path):
+    good = ("header line\n"
+            "mdb001 G CIRC B 535 425 197\n"
+            "mdb001 G CALC M 100 200 30\n"
+            "mdb002 G NORM\n"
+            "mdb006 G CALC B\n")
+    (tmp_path / "Info.txt").write_text(good)
+    films = parse_info(tmp_path / "Info.txt")
     assert sorted(films) == ["mdb001", "mdb002", "mdb006"]
     assert films["mdb001"].finding == "malignant" and len(films["mdb001"].lesions) == 2
     assert films["mdb002"].finding == "normal" and films["mdb006"].lesions[0].centre is None
-    assert [p.split(":")[1] for p in problems] == ["5", "6", "7"]
+    for bad in ("mdb003 X CIRC B 1 2 3", "mdb004 G CIRC B 12 x 3", "mdb005 G NORM B"):
+        (tmp_path / "Info.txt").write_text(good + bad + "\n")
+        with pytest.raises(InputError, match=r"Info.txt:6: malformed row"):
+            parse_info(tmp_path / "Info.txt")
+
+
+def test_import_mias_refuses_a_malformed_row_and_leaves_the_datastore_as_it_was(tmp_path, pgm_dir, capsys):
+    src = tmp_path / "mias"
+    src.mkdir()
+    shutil.copy(pgm_dir / "mdb001.pgm", src / "mdb001.pgm")
+    (src / "Info.txt").write_text("mdb001 G NORM\n")
+    assert main(["import-mias", str(src), str(tmp_path / "ds")]) == 0
+    before = {p.relative_to(tmp_path / "ds"): p.read_bytes() for p in (tmp_path / "ds").rglob("*") if p.is_file()}
+    (src / "Info.txt").write_text("mdb001 G CIRC B 5 5\n")
+    capsys.readouterr()
+    assert main(["import-mias", str(src), str(tmp_path / "ds")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Info.txt:1: malformed row" in err
+    after = {p.relative_to(tmp_path / "ds"): p.read_bytes() for p in (tmp_path / "ds").rglob("*") if p.is_file()}
+    assert after == before
 
 
 def test_import_mias_from_pgm_and_png(tmp_path, pgm_dir, mias_dir):
@@ -91,12 +109,12 @@ def test_import_mias_from_pgm_and_png(tmp_path, pgm_dir, mias_dir):
     src.mkdir()
     lines = [line for line in (mias_dir / "Info.txt").read_text().splitlines()
              if line.startswith(("mdb001 ", "mdb002 ", "mdb028 "))]
-    (src / "Info.txt").write_text("\n".join(lines + ["mdb999 G CIRC B 5 5", "mdb777 G NORM"]) + "\n")
+    (src / "Info.txt").write_text("\n".join(lines + ["mdb777 G NORM"]) + "\n")
     for ref in ("mdb001", "mdb028"):
         (src / f"{ref}.pgm").write_bytes((pgm_dir / f"{ref}.pgm").read_bytes())
     (src / "mdb002.png").write_bytes((mias_dir / "mdb002.png").read_bytes())
     summary = import_mias(src, tmp_path / "ds")
-    assert summary["films"] == 3 and summary["missing"] == 1 and len(summary["problems"]) == 2
+    assert summary["films"] == 3 and summary["missing"] == 1 and len(summary["problems"]) == 1
     recs = {r.image_id: r for r in collect_labels(MammoDatastore(tmp_path / "ds")).images}
     assert set(recs) == {"mdb001", "mdb002", "mdb028"}
     assert recs["mdb001"].finding == "benign" and recs["mdb001"].patient_id == recs["mdb002"].patient_id

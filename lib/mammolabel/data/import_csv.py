@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from mammolabel.data.labels import FINDINGS, TAG_BOX, TAG_FINDING, TAG_MASK, box_centres, box_mask
 from mammolabel.data.view import CBIS_NAME, laterality_from_text, view_from_text
+from mammolabel.data.reimport import store_image, store_label
 from mammolabel.errors import InputError
 from mammolabel.io import file_format, read_label, read_mammogram, write_labelmap
 
@@ -312,7 +313,9 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 def store_record(store, image_id: str, record: ImageRecord, shape: tuple[int, int], mask_dir: Path | None,
                  tmp: Path, counts: Counter, problems: list[str], where: str) -> None:
-    """Save the finding, box and mask labels of one image (already in ``store``) from its record."""
+    """Save the finding, box and mask labels of one image (already in ``store``) from its record; a label an
+    annotator saved at the same tag is kept (:mod:`mammolabel.data.reimport`)."""
+    source = Path(where).name
     rows, cols = shape
     boxes = []
     for box, line in record.boxes:  # annotation tools draw a little past the edge: such boxes are clipped
@@ -343,15 +346,16 @@ def store_record(store, image_id: str, record: ImageRecord, shape: tuple[int, in
             info["birads"] = max(record.birads)
         if record.get("density"):
             info["density"] = record.get("density")
-        store.save_label(image_id, "", TAG_FINDING, info)
-        counts["findings"] += 1
+        counts["findings" if store_label(store, image_id, "", TAG_FINDING, info, source) else "kept_labels"] += 1
     if boxes:
-        store.save_label(image_id, str(write_labelmap(tmp / f"{image_id}_box.nrrd", box_mask(boxes, shape))), TAG_BOX,
-                         {"points": box_centres(boxes)})
-        counts["boxes"] += len(boxes)
+        box_file = write_labelmap(tmp / f"{image_id}_box.nrrd", box_mask(boxes, shape))
+        if store_label(store, image_id, box_file, TAG_BOX, {"points": box_centres(boxes)}, source):
+            counts["boxes"] += len(boxes)
+        else:
+            counts["kept_labels"] += 1
     if mask.any():
-        store.save_label(image_id, str(write_labelmap(tmp / f"{image_id}_final.nrrd", mask)), TAG_MASK, {})
-        counts["masks"] += 1
+        mask_file = write_labelmap(tmp / f"{image_id}_final.nrrd", mask)
+        counts["masks" if store_label(store, image_id, mask_file, TAG_MASK, {}, source) else "kept_labels"] += 1
 
 
 def _image_info(record: ImageRecord, layout: str) -> dict[str, Any]:
@@ -411,12 +415,16 @@ def import_csv(csv_path: str | os.PathLike, datastore_dir: str | os.PathLike, im
             if file_format(path) == "dicom" and path.suffix.lower() != ".dcm":  # the datastore lists *.dcm
                 source = Path(tmp) / f"{image_id}.dcm"
                 shutil.copyfile(path, source)
-            # importing again replaces the image and its labels (as import-mias does)
-            store.add_image(image_id, str(source), {**_image_info(record, layout), "overwrite": True})
+            if store_image(store, image_id, source, _image_info(record, layout)) == "kept":
+                problems.append(f"{csv_path}:{record.lines[0]}: image {image_id} changed but has annotators' labels; "
+                                "kept as it was (remove it to import the new file)")
+                counts["kept_images"] += 1
+                continue
             counts["images"] += 1
             store_record(store, image_id, record, shape, images, Path(tmp), counts, problems, str(csv_path))
     summary = {k: counts.get(k, 0) for k in ("rows", "images", "findings", "boxes", "boxes_clipped", "masks",
-                                            "missing_images", "missing_masks", "unreadable_images")}
+                                            "missing_images", "missing_masks", "unreadable_images", "kept_images",
+                                            "kept_labels")}
     return {**summary, "problems": problems, "datastore": str(datastore_dir)}
 
 

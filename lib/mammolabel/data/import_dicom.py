@@ -22,6 +22,7 @@ from typing import Any
 import pydicom
 from tqdm import tqdm
 
+from mammolabel.data.reimport import store_image
 from mammolabel.data.view import CBIS_NAME, dicom_laterality, dicom_view, infer_view
 from mammolabel.errors import InputError
 from mammolabel.io import canonicalise, chest_wall_side, read_mammogram
@@ -105,12 +106,16 @@ def import_dicom(folder: str | os.PathLike, datastore_dir: str | os.PathLike,
     images, skipped = scan(folder)
     findings = read_findings(findings_csv, images) if findings_csv else None
     store = MammoDatastore(datastore_dir)
+    outcomes = Counter()
     for image in tqdm(images, desc="import-dicom (store)", unit="image"):
-        store.add_image(image.sop_uid, str(image.path), {**image.info, "overwrite": True})  # again: replaced
+        outcome = store_image(store, image.sop_uid, image.path, image.info)
+        outcomes[outcome] += 1
+        if outcome == "kept":
+            skipped.append(f"{image.path}: changed but its image {image.sop_uid} has annotators' labels; kept as it was")
     summary: dict[str, Any] = {
         "images": len(images), "patients": len({i.info["patient_id"] for i in images}),
         "studies": len({i.info["study_uid"] for i in images}), "skipped": len(skipped), "problems": skipped,
-        "datastore": str(datastore_dir),
+        "stored": dict(outcomes), "datastore": str(datastore_dir),
     }
     if findings is not None:
         summary["findings"] = join_findings(store, findings, findings_csv)

@@ -3,8 +3,9 @@
 ``Info.txt`` rows read ``ref tissue class [severity [x y radius]]`` with the origin of x, y at the
 bottom-left corner (row = height - 1 - y). A film gets a ``finding`` (its most severe row), and
 each located lesion a box (``box``) and a circle mask (``final``); diffuse calcifications without
-a centre (no coordinates, or a ``*NOTE 3*`` in their place) are a finding only. Malformed rows
-are reported with their line number and skipped.
+a centre (no coordinates, or a ``*NOTE 3*`` in their place) are a finding only. A malformed row
+stops the import before anything is written, with its line number. Importing again refreshes the
+import's own labels and keeps those annotators saved (:mod:`mammolabel.data.reimport`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mammolabel.data.labels import TAG_BOX, TAG_FINDING, TAG_MASK, box_mask
+from mammolabel.data.reimport import store_image, store_label
 from mammolabel.errors import InputError
 from mammolabel.io import read_mammogram, write_labelmap
 
@@ -71,23 +73,22 @@ class MiasFilm:
         return f"mias{(int(self.ref[3:]) + 1) // 2:03d}"
 
 
-def parse_info(path: str | os.PathLike) -> tuple[dict[str, MiasFilm], list[str]]:
-    """Parse ``Info.txt``: films by reference, and one message per malformed row (with line number)."""
+def parse_info(path: str | os.PathLike) -> dict[str, MiasFilm]:
+    """Parse ``Info.txt`` into films by reference; a malformed row is refused with its line number."""
     films: dict[str, MiasFilm] = {}
-    problems: list[str] = []
     for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
         if not line.startswith("mdb"):
             continue
         m = _ROW.match(line)
         if not m or (m.group(3) not in CLASSES) or (m.group(3) == "NORM") != (m.group(4) is None):
-            problems.append(f"{path}:{number}: malformed row skipped: {line.strip()!r}")
-            continue
+            raise InputError(f"{path}:{number}: malformed row {line.strip()!r} (expected: ref tissue class "
+                             "[severity [x y radius]]); nothing was imported")
         ref, tissue, cls, sev, x, y, r = m.groups()
         film = films.setdefault(ref, MiasFilm(ref, tissue))
         if cls != "NORM":
             centre = (int(x), int(y)) if x is not None else None
             film.lesions.append(MiasLesion(CLASSES[cls], cls, sev, centre, int(r) if r is not None else None))
-    return films, problems
+    return films
 
 
 def import_mias(mias_dir: str | os.PathLike, datastore_dir: str | os.PathLike) -> dict:
@@ -101,9 +102,11 @@ def import_mias(mias_dir: str | os.PathLike, datastore_dir: str | os.PathLike) -
     info = mias_dir / "Info.txt"
     if not info.is_file():
         raise InputError(f"{mias_dir}: no Info.txt (is this a MIAS folder?)")
-    films, problems = parse_info(info)
+    films, problems = parse_info(info), []
     store = MammoDatastore(datastore_dir)
-    counts = {"films": 0, "finding": 0, "box": 0, "mask": 0, "lesions": 0, "diffuse": 0, "missing": 0}
+    counts = {"films": 0, "finding": 0, "box": 0, "mask": 0, "lesions": 0, "diffuse": 0, "missing": 0,
+              "kept_films": 0, "kept_labels": 0}
+    origin = "MIAS Info.txt"
     with tempfile.TemporaryDirectory() as tmp:
         for ref, film in tqdm(sorted(films.items()), desc="import-mias", unit="film"):
             source = next((mias_dir / f"{ref}{ext}" for ext in (".png", ".pgm") if (mias_dir / f"{ref}{ext}").exists()), None)
@@ -117,17 +120,20 @@ def import_mias(mias_dir: str | os.PathLike, datastore_dir: str | os.PathLike) -
                 png = Path(tmp) / f"{ref}.png"
                 with Image.open(source) as im:
                     im.save(png, format="PNG")
-            store.add_image(ref, str(png), {"patient_id": film.patient_id, "laterality": film.laterality,
-                                            "tissue": film.tissue, "spacing_mm": 0.2, "view": "MLO", "source": "MIAS",
-                                            "overwrite": True})  # importing again replaces the film and its labels
+            info = {"patient_id": film.patient_id, "laterality": film.laterality, "tissue": film.tissue,
+                    "spacing_mm": 0.2, "view": "MLO", "source": "MIAS"}
+            if store_image(store, ref, png, info) == "kept":
+                problems.append(f"{origin}: film {ref} changed but has annotators' labels; kept as it was")
+                counts["kept_films"] += 1
+                continue
             located = [les for les in film.lesions if les.centre is not None]
             points = [[float(x), float(rows - 1 - y)] for x, y in (les.centre for les in located)]
             radii = [float(les.radius) for les in located]
             finding = {"finding": film.finding, "lesion_types": sorted({les.kind for les in film.lesions}),
                        "abnormalities": [les.abnormality for les in film.lesions], "points": points, "radii": radii,
                        "tissue": film.tissue}
-            store.save_label(ref, "", TAG_FINDING, finding)
-            counts.update(films=counts["films"] + 1, finding=counts["finding"] + 1)
+            counts["films"] += 1
+            counts["finding" if store_label(store, ref, "", TAG_FINDING, finding, origin) else "kept_labels"] += 1
             counts["lesions"] += len(located)
             counts["diffuse"] += len(film.lesions) - len(located)
             if located:
@@ -138,11 +144,10 @@ def import_mias(mias_dir: str | os.PathLike, datastore_dir: str | os.PathLike) -
                     circles[(xx - x) ** 2 + (yy - y) ** 2 <= r**2] = 1
                     boxes.append([int(max(0, x - r)), int(max(0, y - r)), int(min(cols - 1, x + r)), int(min(rows - 1, y + r))])
                 mask_file = write_labelmap(Path(tmp) / f"{ref}_final.nrrd", circles)
-                store.save_label(ref, str(mask_file), TAG_MASK, {"points": points, "radii": radii})
                 box_file = write_labelmap(Path(tmp) / f"{ref}_box.nrrd", box_mask(boxes, (rows, cols)))
-                store.save_label(ref, str(box_file), TAG_BOX, {"points": points})
-                counts["mask"] += 1
-                counts["box"] += 1
+                for tag, path, extra, key in ((TAG_MASK, mask_file, {"points": points, "radii": radii}, "mask"),
+                                              (TAG_BOX, box_file, {"points": points}, "box")):
+                    counts[key if store_label(store, ref, path, tag, extra, origin) else "kept_labels"] += 1
     for message in problems:
         logger.warning(message)
     return {**counts, "problems": problems, "datastore": str(datastore_dir)}
