@@ -8,11 +8,16 @@ overlays the film and leaves its frame and burnt-in label alone.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import highdicom as hd
 import nrrd
 import numpy as np
 import pydicom
 import pytest
+import requests
 from monailabel.client import MONAILabelClient
 
 from mammolabel.data.dicomweb import DICOMwebMammoDatastore
@@ -20,6 +25,7 @@ from mammolabel.io import read_mammogram
 from mammolabel.io import dicom_outputs as out
 from mammolabel.server_process import ServerProcess
 from mammolabel.tasks import infer_tasks
+from conftest import ON_CI, ROOT
 from test_import import FILM, film_regions
 from test_dicomweb import assert_same_patient_and_study, orthanc, referenced_instance, retrieve  # noqa: F401
 
@@ -94,3 +100,22 @@ def test_every_infer_task_answers_on_the_film_and_stores_its_results(served, ort
             assert rgb.shape == (*pixels.shape, 3)
             grey = (rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
             assert grey[frame].all() and grey[label].all() and not grey.all(), task  # colour on the breast only
+
+
+def test_ohif_draws_a_report_over_the_real_film(served, pacs_film, tmp_path):
+    """The bundled OHIF, in headless Chromium, opens the CBIS-DDSM study and draws the hybrid task's SR."""
+    if not shutil.which("chromium"):
+        message = "Chromium is not installed (as root: scripts/orthanc.sh install --with-chromium)"
+        if ON_CI:
+            pytest.fail(f"{message}; it is required when CI=true")
+        pytest.skip(message)
+    uid = str(pacs_film.SOPInstanceUID)
+    result = requests.post(f"{served.url}/infer/hybrid_segmentation?image={uid}&output=json", timeout=300).json()
+    assert result["dicom"]["stored"] and result["boxes"], result
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "ohif_screenshot.py"), "--server", served.url,
+                          "--study", str(pacs_film.StudyInstanceUID), "--report", "hybrid_segmentation",
+                          "--out", str(tmp_path / "ohif.png"), "--timeout", "120", "--settle", "0.5",
+                          "--size", "1000x700"], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr
+    assert "OHIF drew the SR with labels" in run.stdout, run.stdout  # printed once its regions are drawn
+    assert (tmp_path / "ohif.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
