@@ -58,6 +58,12 @@ _SEGMENT_CODES = (
 _REGION = (codes.SCT.SpatialAndRelationalConcept, codes.DCM.ImageRegion)
 
 
+
+def _new_instance(kind: str) -> dict[str, Any]:
+    """The identity of a new result instance of ``kind`` (seg, heatmap, report), in its own new series."""
+    return {"series_instance_uid": hd.UID(), "series_number": SERIES_NUMBERS[kind], "sop_instance_uid": hd.UID(),
+            "instance_number": 1, "manufacturer": MANUFACTURER}
+
 def is_probability(key: str, value: Any) -> bool:
     """Whether a result entry is a probability reported as "Probability of cancer" (in percent).
 
@@ -156,11 +162,7 @@ def segmentation(
         pixel_array=labelmap.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=SERIES_NUMBERS["seg"],
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **_new_instance("seg"),
         manufacturer_model_name=task or "annotation",
         software_versions=mammolabel.__version__,
         device_serial_number="1",
@@ -221,11 +223,7 @@ def heatmap_capture(source: Dataset, display: np.ndarray, heatmap: np.ndarray, t
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=hd.UID(),
-        series_number=SERIES_NUMBERS["heatmap"],
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **_new_instance("heatmap"),
         pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
         laterality=laterality if laterality in ("L", "R") else None,
         patient_orientation=("A", "F"),  # replaced below by the source's own (MG uses e.g. "A\\FR")
@@ -359,11 +357,7 @@ def measurement_report(
     return hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report,
-        series_instance_uid=hd.UID(),
-        series_number=SERIES_NUMBERS["report"],
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **_new_instance("report"),
         series_description=f"MammoLabel {task} report"[:64],
         is_complete=True,
         is_final=False,

@@ -84,10 +84,7 @@ class MammoInferTask(BasicInferTask):
         raise NotImplementedError
 
     def score(self, record: ImageLabels, labelmap: np.ndarray, result: dict[str, Any]) -> dict[str, Any]:
-        """Per-image evaluation row of this task's output (original orientation) against ``record``.
-
-        Standard keys: ``score`` (malignancy), ``abnormal_score``, ``hit`` (bool), ``dice``.
-        """
+        """Per-image evaluation row (see :meth:`mammolabel.methods.contract.Method.score`)."""
         return {}
 
     def summarise(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
