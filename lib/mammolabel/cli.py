@@ -154,6 +154,14 @@ def _benchmark(args: argparse.Namespace) -> dict[str, Any]:
                           preset=args.preset)
 
 
+def _crossval(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.evaluation.crossval import crossval
+
+    report = crossval(args.task, args.studies, args.out, folds=args.folds, seed=args.seed,
+                      options=dict(args.set or []), device=args.device)
+    return {k: report[k] for k in ("task", "folds", "films", "mean_over_folds", "out_of_fold", "wall_s")}
+
+
 def _train_zoo(args: argparse.Namespace) -> dict[str, Any]:
     from mammolabel.evaluation.train_zoo import train_zoo
 
@@ -260,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, action="append", help="repeatable: one loop per seed, plotted with their mean")
     s.add_argument("--set", type=_key_value, action="append", metavar="KEY=VALUE", help="train task option")
     s.set_defaults(func=_simulate_al)
+
+    s = sub.add_parser("crossval", help="patient-wise k-fold cross-validation of a task (train, score out of fold)")
+    s.add_argument("task", help="infer task (its method's train tasks run in order)")
+    s.add_argument("--studies", required=True, help="datastore folder or DICOMweb URL with labels")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0, help="fold assignment (training seeds are the options' seed)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--set", type=_key_value, action="append", metavar="KEY=VALUE",
+                   help="train option for every train task, or TRAIN_TASK.KEY=VALUE for one")
+    s.set_defaults(func=_crossval)
 
     s = sub.add_parser("train-zoo", help="retrain the shipped checkpoints (models/) from scratch, with their cards")
     s.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "models")

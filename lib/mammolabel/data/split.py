@@ -45,3 +45,18 @@ def split_by_patient(
     train = [r for r in records if r.patient_id not in val_ids]
     val = [r for r in records if r.patient_id in val_ids]
     return train, val
+
+
+def patient_folds(records: list[ImageLabels], folds: int = 5, seed: int = 0) -> list[list[ImageLabels]]:
+    """``folds`` disjoint groups of records, all images of a patient in one, stratified by finding
+    (scikit-learn's ``StratifiedGroupKFold``, shuffled with ``seed``)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    patients = {r.patient_id for r in records}
+    if not 2 <= folds <= len(patients):
+        raise ValueError(f"{folds} folds need between 2 and {len(patients)} (the number of patients)")
+    severity = {f: i for i, f in enumerate(FINDINGS)}
+    classes = [severity.get(r.finding or "normal", 0) for r in records]
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [[records[i] for i in held] for _, held in
+            splitter.split(np.zeros(len(records)), classes, [r.patient_id for r in records])]

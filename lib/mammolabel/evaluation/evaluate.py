@@ -53,7 +53,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _write_roc(out_dir: Path, rows: list[dict[str, Any]], name: str) -> None:
+def write_roc(out_dir: Path, rows: list[dict[str, Any]], name: str) -> None:
     curves = {}
     for title, (scores, truth) in score_sets(rows).items():
         value = auc(scores, truth)
@@ -108,6 +108,6 @@ def evaluate(
             points = [(p["x"], p["y"]) for p in result.get("points", [])]
             save_overlay(out_dir / f"{kind}_{rec.image_id}.png", read_mammogram(rec.image_path).pixels,
                          labelmap=labelmap, truth=truth, points=points)
-    _write_roc(out_dir, rows, task.name)
+    write_roc(out_dir, rows, task.name)
     logger.info(f"evaluate {task.name}: {json.dumps({k: v for k, v in metrics.items() if k != 'rows'}, default=float)}")
     return metrics

@@ -15,7 +15,6 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,9 @@ from mammolabel.training.progress import format_seconds
 from mammolabel.errors import InputError
 from mammolabel.evaluation.intervals import found_key, interval_summary
 from mammolabel.evaluation.model_card import write_card
-from mammolabel.tasks import infer_tasks, train_tasks
+from mammolabel.evaluation.recipes import stages_of, train_task_checkpoint
+from mammolabel.methods import methods
+from mammolabel.tasks import infer_tasks
 from mammolabel.zoo import KINDS, MODELS_DIR
 
 logger = logging.getLogger("mammolabel")
@@ -42,31 +43,15 @@ MIAS_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "min
 FP16_ABOVE_BYTES = 9_000_000
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How one task's shipped checkpoint is trained: its train tasks in order, with options beyond the preset."""
-
-    task: str
-    stages: tuple[str, ...]
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-RECIPES = {
-    "classification": Recipe("classification", ("train_classifier",)),
-    "localization": Recipe("localization", ("train_cam_self_training",)),
-    "discriminative_segmentation": Recipe("discriminative_segmentation",
-                                          ("pretrain_reconstruction", "train_discriminative")),
-    "hybrid_segmentation": Recipe("hybrid_segmentation", ("train_hybrid",)),
-    "glam_segmentation": Recipe("glam_segmentation", ("train_glam",)),
-}
 #: Per data kind: option changes beyond the preset (fewer epochs, so that all ten shipped checkpoints train on
 #: this 2-core machine in about an hour; the cards list every option used).
 KIND_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {"classification": {"epochs": 10}, "localization": {"epochs": 5, "self_training_epochs": 3},
-             "discriminative_segmentation": {"pretrain_epochs": 6, "epochs": 20}, "hybrid_segmentation": {"epochs": 30},
+             "discriminative_segmentation": {"pretrain_reconstruction.epochs": 6, "epochs": 20},
+             "hybrid_segmentation": {"epochs": 30},
              "glam_segmentation": {"epochs": 10, "local_epochs": 5, "joint_epochs": 3}},
     "mias": {"classification": {"epochs": 8}, "localization": {"epochs": 6, "self_training_epochs": 3},
-             "discriminative_segmentation": {"pretrain_epochs": 6, "epochs": 15},
+             "discriminative_segmentation": {"pretrain_reconstruction.epochs": 6, "epochs": 15},
              "hybrid_segmentation": {"epochs": 10},
              "glam_segmentation": {"epochs": 6, "local_epochs": 3, "joint_epochs": 2}},
 }
@@ -113,27 +98,16 @@ def _export(src: Path, dest: Path) -> dict[str, Any]:
 def train_one(task: str, kind: str, train: LabelInventory, test: LabelInventory, work: Path, out_dir: Path,
               data_text: str) -> dict[str, Any]:
     """Train, export, score and describe one shipped checkpoint; return its record (also in ``<task>.<kind>.json``)."""
-    recipe, trainers = RECIPES[task], train_tasks()
-    model_dir = work / "model" / task
-    model_dir.mkdir(parents=True, exist_ok=True)
     started, load_before = time.monotonic(), os.getloadavg()
-    summaries = {}
-    for stage in recipe.stages:
-        trainer = trainers[stage](model_dir=model_dir)
-        request = {"preset": "cpu", "init": "scratch", "device": "cpu", "seed": 0, "resume": False,
-                   **recipe.options, **KIND_OPTIONS[kind].get(task, {})}
-        if stage == "pretrain_reconstruction":
-            request["epochs"] = request.pop("pretrain_epochs")
-        request.pop("pretrain_epochs", None)
-        opts = trainer.options(request)
-        summaries[stage] = trainer.train(train, opts, trainer.path)
+    trained = train_task_checkpoint(task, train, work / "model" / task, KIND_OPTIONS[kind].get(task, {}))
     train_s = time.monotonic() - started
+    opts = trained.options[stages_of(task)[-1]]
     shipped = out_dir / f"{task}.{kind}.pt"
-    exported = _export(model_dir / f"{task}.pt", shipped)
+    exported = _export(trained.checkpoint, shipped)
     infer = infer_tasks()[task](path=str(shipped))
     metrics = evaluate(infer, test, work / "eval" / f"{task}.{kind}", device="cpu")
     record = {
-        "task": task, "kind": kind, "train_tasks": list(recipe.stages), "preset": "cpu",
+        "task": task, "kind": kind, "train_tasks": stages_of(task), "preset": "cpu",
         "options": {k: v for k, v in opts.items() if k not in ("device", "resume", "init")},
         "data": data_text, "labels": dict(train.counts), "train_images": len(train.images),
         "test_images": len(test.images), "train_wall_s": round(train_s, 1),
@@ -149,9 +123,9 @@ def train_one(task: str, kind: str, train: LabelInventory, test: LabelInventory,
 def train_zoo(out_dir: str | os.PathLike = MODELS_DIR, kinds: tuple[str, ...] = KINDS, tasks: tuple[str, ...] = (),
               mias_dir: str | os.PathLike = MIAS_DIR) -> dict[str, Any]:
     """Retrain the shipped checkpoints ``kinds`` x ``tasks`` (default all) into ``out_dir`` and rewrite the cards."""
-    unknown = sorted(set(tasks) - set(RECIPES)) + sorted(set(kinds) - set(KINDS))
+    unknown = sorted(set(tasks) - set(methods())) + sorted(set(kinds) - set(KINDS))
     if unknown:
-        raise InputError(f"train-zoo: unknown {unknown}; tasks: {', '.join(RECIPES)}; kinds: {', '.join(KINDS)}")
+        raise InputError(f"train-zoo: unknown {unknown}; tasks: {', '.join(methods())}; kinds: {', '.join(KINDS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {}
@@ -159,7 +133,7 @@ def train_zoo(out_dir: str | os.PathLike = MODELS_DIR, kinds: tuple[str, ...] = 
     for kind in kinds:
         with tempfile.TemporaryDirectory(prefix=f"mammolabel-zoo-{kind}-") as tmp:
             train, test, data_text = _datasets(kind, Path(tmp), Path(mias_dir))
-            for task in tasks or tuple(RECIPES):
+            for task in tasks or tuple(methods()):
                 done[f"{task}.{kind}"] = train_one(task, kind, train, test, Path(tmp), out_dir, data_text)
                 write_card(out_dir, task)
     total = time.monotonic() - started

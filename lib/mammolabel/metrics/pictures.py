@@ -98,3 +98,25 @@ def save_reliability(path: str | os.PathLike, curves: dict[str, np.ndarray], tru
            ylim=(0, 1.01))
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, path)
+
+
+def save_learning_curves(path: str | os.PathLike, runs: dict[str, tuple[list[dict[str, float]], str]],
+                         title: str) -> Path:
+    """Training loss (left) and the validation metric (right) per epoch, one line per run (fold and stage;
+    ``runs[name] = (history, metric)``): a loss that keeps falling while the validation figure does not
+    rise is overfitting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, (history, metric) in runs.items():
+        epochs = [h["epoch"] for h in history]
+        loss_ax.plot(epochs, [h.get("loss") for h in history], marker=".", label=name)
+        metric_ax.plot(epochs, [h.get(metric) for h in history], marker=".", label=f"{name}: {metric}")
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="training")
+    metric_ax.set(xlabel="epoch", ylabel="validation metric", title="validation (inside the training folds)")
+    metric_ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -27,7 +27,6 @@ from mammolabel.tasks import launch
 from mammolabel.training import distributed, tracking
 from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.training.options import coerce
-from mammolabel.training.stages import stats_path
 from mammolabel.errors import InputError
 from mammolabel.methods.contract import Method, Trainer
 from mammolabel.tasks.limits import check_limits
@@ -127,8 +126,9 @@ class MammoTrainTask(TrainTask):
         return self.shipped if self.shipped and self.shipped.is_file() else None
 
     def stats(self) -> dict[str, Any]:
-        path = stats_path(self.path)
-        return json.loads(path.read_text()) if path.exists() else {}
+        """Progress of the latest stage this task ran (``<checkpoint>.stats.json`` or a stage's)."""
+        found = sorted(self.path.parent.glob(f"{self.path.stem}*.stats.json"), key=lambda p: p.stat().st_mtime_ns)
+        return json.loads(found[-1].read_text()) if found else {}
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         opts = self.options(request)

@@ -1,0 +1,122 @@
+"""``mammolabel crossval``: patient-wise k-fold cross-validation of one task, the protocol of every reported figure.
+
+The labelled films are split into ``folds`` groups, all films of a patient in one group, stratified
+by finding (:func:`mammolabel.data.split.patient_folds`). For each fold the task's checkpoint is
+trained from scratch on the other folds (every train task of the method, :mod:`.recipes`); the
+model selection it does (best epoch, thresholds) uses a validation split of those training patients
+only, so the held-out fold never chooses anything. The fold's films are then scored as the server
+scores them (:func:`mammolabel.evaluation.evaluate.evaluate`).
+
+Reported, in ``crossval.json``: per fold the figures of :func:`mammolabel.evaluation.intervals.statistics`;
+their mean over folds with a 95% t-interval; the pooled out-of-fold figures (every film scored once,
+by the model that did not see its patient) with patient-wise bootstrap intervals; and the run time
+with the machine's load. ``learning_curves.png`` shows each fold's training loss and validation
+metric per epoch, ``roc.png`` the pooled out-of-fold ROC.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats as scipy_stats
+
+from mammolabel.data.datastore import LabelInventory, collect_labels
+from mammolabel.data.split import patient_folds
+from mammolabel.errors import InputError
+from mammolabel.evaluation.evaluate import evaluate, write_roc
+from mammolabel.evaluation.intervals import found_key, interval_summary, statistics
+from mammolabel.evaluation.recipes import stages_of, train_task_checkpoint
+from mammolabel.io import atomic_path
+from mammolabel.metrics.pictures import save_learning_curves
+from mammolabel.tasks import infer_tasks
+from mammolabel.tasks.launch import open_studies
+from mammolabel.training.progress import format_seconds
+
+logger = logging.getLogger("mammolabel")
+
+
+def fold_interval(values: list[float]) -> dict[str, Any] | None:
+    """Mean over folds and its 95% t-interval (None without a value; no interval from one fold)."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return {"mean": round(mean, 3), "ci95": None, "folds": 1}
+    half = scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
+    return {"mean": round(mean, 3), "ci95": [round(mean - half, 3), round(mean + half, 3)], "folds": len(values)}
+
+
+def learning_runs(model_dir: Path, fold: int) -> dict[str, tuple[list[dict[str, float]], str]]:
+    """Each stage's epoch history in a fold's model folder (from its ``.stats.json``), by ``fold k stage``."""
+    runs = {}
+    for path in sorted(model_dir.glob("*.stats.json")):
+        stats = json.loads(path.read_text())
+        if stats.get("history"):
+            runs[f"fold {fold} {stats.get('stage', path.stem)}"] = (stats["history"], stats.get("metric", ""))
+    return runs
+
+
+def subset(images: list, inventory: LabelInventory) -> LabelInventory:
+    return LabelInventory(images, Counter(kind for r in images for kind in r.kinds), inventory.datastore)
+
+
+def crossval(task: str, studies: str, out_dir: str | os.PathLike, folds: int = 5, seed: int = 0,
+             options: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Cross-validate ``task`` on the labelled films of ``studies``; write and return the report."""
+    stages_of(task)  # an unknown task or one without training is refused before any work
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inventory = collect_labels(open_studies(str(studies)))
+    labelled = [r for r in inventory.images if r.kinds]
+    try:
+        groups = patient_folds(labelled, folds, seed)
+    except ValueError as e:
+        raise InputError(f"crossval: {e}") from e
+    options = {**(options or {}), "device": device}
+    key = found_key(task)
+    rows, per_fold, runs = [], [], {}
+    started, load_before = time.monotonic(), os.getloadavg()
+    for k, held in enumerate(groups):
+        held_ids = {r.image_id for r in held}
+        train = subset([r for r in labelled if r.image_id not in held_ids], inventory)
+        fold_dir = out_dir / f"fold{k}"
+        trained = train_task_checkpoint(task, train, fold_dir / "model", options, str(studies))
+        metrics = evaluate(infer_tasks()[task](path=str(trained.checkpoint)), subset(held, inventory),
+                           fold_dir / "eval", device=device, n_pictures=1)
+        fold_rows = [{**r, "fold": k} for r in metrics["rows"]]
+        rows += fold_rows
+        figures = {name: statistic(fold_rows) for name, statistic in statistics(key).items()}
+        per_fold.append({"fold": k, "train_films": len(train.images), "held_out_films": len(held),
+                         "train_wall_s": round(trained.wall_s, 1), **figures})
+        runs.update(learning_runs(fold_dir / "model", k))
+        done = time.monotonic() - started
+        logger.info(f"crossval {task}: fold {k + 1}/{folds} done ({figures}); "
+                    f"ETA {format_seconds(done / (k + 1) * (folds - k - 1))}")
+    report = {
+        "task": task, "studies": str(studies), "folds": folds, "seed": seed, "films": len(labelled),
+        "patients": len({r.patient_id for r in labelled}), "train_tasks": stages_of(task),
+        "options": {k: v for k, v in trained.options.items()},
+        "per_fold": per_fold,
+        "mean_over_folds": {name: fold_interval([f[name] for f in per_fold]) for name in statistics(key)},
+        "out_of_fold": interval_summary(rows, inventory, key),
+        "wall_s": round(time.monotonic() - started, 1), "threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in load_before + os.getloadavg()],
+        "command": f"mammolabel crossval {task} --studies {studies} --folds {folds} --seed {seed}",
+        "rows": rows,
+    }
+    with atomic_path(out_dir / "crossval.json", suffix=".json") as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=2, default=float))
+    if runs:
+        save_learning_curves(out_dir / "learning_curves.png", runs, f"{task}: {folds}-fold cross-validation")
+    write_roc(out_dir, rows, f"{task} (out of fold)")
+    logger.info(f"crossval {task}: {json.dumps(report['out_of_fold'])} in {format_seconds(report['wall_s'])}")
+    return report
