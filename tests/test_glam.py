@@ -13,32 +13,23 @@ from torch import nn
 
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.training.checkpoint import load_checkpoint
-from mammolabel.methods.glam.training import (
-    THRESHOLDS,
-    GlamOptions,
-    dice_curve,
-    patch_box,
-    segment,
-    state_digest,
-    train_glam,
-)
+from mammolabel.methods.glam.options import GlamOptions
+from mammolabel.methods.glam.predict import draw_outlines, patch_box, segment
+from mammolabel.methods.glam.training import THRESHOLDS, dice_curve, train_glam
 from mammolabel.errors import InputError
 from mammolabel.io import read_label
 from mammolabel.methods.glam.loss import GlamLoss, SaliencySparsityLoss
 from mammolabel.metrics import dice
-from mammolabel.methods.glam.network import (
-    GatedAttention,
-    GlamConfig,
-    GlamNet,
-    GlobalModule,
-    LocalModule,
-    crop_patches,
-    paste_patches,
-    select_patches,
-)
+from mammolabel.methods.glam.network import GatedAttention, GlamConfig, GlamNet, GlobalModule, LocalModule
+from mammolabel.methods.glam.patches import crop_patches, paste_patches, select_patches
+from mammolabel.metrics.components import largest_radius
 from mammolabel.networks.pooling import top_t_pool
-from mammolabel.methods.glam.inference import GlamSegmentationInfer, TrainGlam, draw_outlines, equivalent_radius
+from mammolabel.tasks import infer_tasks, train_tasks
+from mammolabel.training.stages import file_digest, seed_for, stage_path
 from mammolabel.transforms.geometry import Frame
+
+GlamSegmentationInfer = infer_tasks()["glam_segmentation"]
+TrainGlam = train_tasks()["train_glam"]
 
 TINY = {"global_width": 4, "local_width": 4, "local_depth": 18}
 
@@ -294,7 +285,7 @@ def test_segmentation_labels_and_outlines():
     assert lab[3, 2:8].all() and lab[8, 2:8].all() and lab[3:9, 2].all() and lab[3:9, 7].all()
     assert lab[4:8, 3:7].max() == 0 and lab.sum() == 3 * 20
     disk = np.hypot(*np.mgrid[-20:21, -20:21]) <= 10
-    assert equivalent_radius(disk) == pytest.approx(10, abs=0.3)
+    assert largest_radius(disk) == pytest.approx(10, abs=0.3)
 
 
 @pytest.mark.parametrize("values, match", [
@@ -308,7 +299,7 @@ def test_segmentation_labels_and_outlines():
 ])
 def test_bad_options_are_clear_errors(values, match):
     with pytest.raises(InputError, match=match):
-        GlamOptions(**values)
+        GlamOptions.parse(values)
 
 
 def test_train_task_options_from_strings(tmp_path):
@@ -359,7 +350,8 @@ def test_infer_task_segments_and_outlines_on_the_original_image(tmp_path):
 
     class Task(GlamSegmentationInfer):
         def load(self, device="cpu"):
-            return net, {"options": vars(options), "stage": "joint", "thresholds": thresholds}
+            return net, {"options": options.to_dict(), "frame": options.frame(), "stage": "joint",
+                         "thresholds": thresholds}
 
     label_file, result = Task(path=str(ckpt))({"image": str(tmp_path / "right.png"), "device": "cpu"})
     labelmap = read_label(label_file)
@@ -384,36 +376,35 @@ def test_infer_task_segments_and_outlines_on_the_original_image(tmp_path):
 
 
 def _train(studies, out, **values):
-    options = GlamOptions(**{"rows": 128, "cols": 128, "patch_size": 32, "num_patches": 2, "batch_size": 4,
-                             "epochs": 1, "local_epochs": 1, "joint_epochs": 1, "device": "cpu", **TINY, **values})
+    options = GlamOptions.parse({"rows": 128, "cols": 128, "patch_size": 32, "num_patches": 2, "batch_size": 4,
+                                 "epochs": 1, "local_epochs": 1, "joint_epochs": 1, "device": "cpu", **TINY, **values})
     return train_glam(collect_labels(MammoDatastore(studies)), options, out)
 
 
 def test_stage_checkpoints_chain(phantom_copy, tmp_path):
     out = tmp_path / "model" / "glam_segmentation.pt"
-    stages = out.with_name("glam_segmentation.stages")
     with pytest.raises(InputError, match="stage=global"):
         _train(phantom_copy, out, stage="local")
 
     summary = _train(phantom_copy, out, stage="global")
     report = summary["label_report"]
     assert report["used"] == 12 and report["needs"] == "finding" and report["val_masks"] >= 1
-    glob = load_checkpoint(stages / "global.pt")
+    glob = load_checkpoint(stage_path(out, "global"))
     assert glob["stage"] == "global" and set(glob["thresholds"]) == {"global"}
     assert load_checkpoint(out)["stage"] == "global"
 
     _train(phantom_copy, out, stage="local")
-    local = load_checkpoint(stages / "local.pt")
+    local = load_checkpoint(stage_path(out, "local"))
     g_keys = [k for k in glob["model"] if k.startswith("global_module.")]
     assert all(torch.equal(local["model"][k], glob["model"][k]) for k in g_keys)  # frozen, batch norms included
-    torch.manual_seed(0)  # the seed train_glam builds the network with
+    torch.manual_seed(seed_for(0, "weights"))  # the seed train_glam builds the network with
     fresh = GlamNet(GlamOptions(rows=128, cols=128, patch_size=32, num_patches=2, **TINY).network_config()).state_dict()
     assert any(not torch.equal(local["model"][k], fresh[k]) for k in local["model"] if k.startswith("local_module."))
     assert set(local["thresholds"]) == {"global", "local", "fused"}
 
     _train(phantom_copy, out, stage="joint")
-    joint = load_checkpoint(stages / "joint.pt")
-    assert joint["init_digest"] == state_digest(local["model"])  # joint starts from the local stage's best
+    joint = load_checkpoint(stage_path(out, "joint"))
+    assert joint["run"]["started_from"] == file_digest(stage_path(out, "local"))  # joint starts from the local stage's best
     served = load_checkpoint(out)
     assert served["stage"] == "joint"
     assert all(torch.equal(served["model"][k], joint["model"][k]) for k in joint["model"])

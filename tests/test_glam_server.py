@@ -17,8 +17,8 @@ import torch
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.methods.glam.training import GlamOptions
+from mammolabel.training.checkpoint import load_checkpoint, method_fields, save_checkpoint
+from mammolabel.methods.glam.options import GlamOptions
 from mammolabel.io import read_mammogram
 from mammolabel.methods.glam.network import CLASSES, GlamNet
 from helpers import labelmap_from
@@ -31,13 +31,13 @@ TINY = {"rows": 128, "cols": 128, "patch_size": 32, "num_patches": 2, "global_wi
 
 
 def write_small_checkpoint(model_dir, threshold: float = 0.5) -> GlamOptions:
-    options = GlamOptions(**TINY)
+    options = GlamOptions.parse(TINY)
     torch.manual_seed(0)
     net = GlamNet(options.network_config())
     thresholds = {m: {c: {"threshold": threshold, "dice": None, "n": 0} for c in CLASSES}
                   for m in ("global", "local", "fused")}
-    save_checkpoint(model_dir / f"{TASK}.pt", net, config=net.config.to_dict(), options=asdict(options),
-                    stage="joint", thresholds=thresholds, val_images=[])
+    save_checkpoint(model_dir / f"{TASK}.pt", net, **method_fields("glam", asdict(net.config), options.frame(),
+                                                                   options.to_dict(), "joint", thresholds, [], {}))
     return options
 
 
@@ -110,9 +110,9 @@ def test_train_over_http_writes_the_checkpoint_the_task_serves(server):
     assert r.status_code == 200, r.text
     ckpt = load_checkpoint(path)
     assert ckpt["stage"] == "joint" and [s["stage"] for s in ckpt["stages"]] == ["global", "local", "joint"]
-    assert ckpt["config"]["aggregation"] == "attention" and ckpt["options"]["rows"] == 128
-    assert ckpt["label_report"]["used"] == 8 and ckpt["label_report"]["needs"] == "finding"
-    assert set(ckpt["val_images"]).isdisjoint(ckpt["train_images"]) and ckpt["val_images"]
+    assert ckpt["network"]["aggregation"] == "attention" and ckpt["options"]["rows"] == 128
+    assert ckpt["label_counts"]["used"] == 8 and ckpt["label_counts"]["needs"] == "finding"
+    assert set(ckpt["validation_images"]).isdisjoint(ckpt["train_images"]) and ckpt["validation_images"]
     for name in ("global", "local", "fused"):
         assert all(0 < ckpt["thresholds"][name][c]["threshold"] < 1 for c in CLASSES)
     result = infer(server, "phantom_002", "json").json()

@@ -130,18 +130,19 @@ def localization(film: Path, path: Path) -> dict[str, Any]:
 
 
 def glam_segmentation(film: Path, path: Path) -> dict[str, Any]:
-    from mammolabel.methods.glam.training import GlamOptions
     from mammolabel.methods.glam.network import CLASSES, GlamNet
+    from mammolabel.methods.glam.options import GlamOptions
+    from mammolabel.training.checkpoint import method_fields
 
-    options = GlamOptions(rows=ROWS, cols=192, patch_size=64, num_patches=2, global_width=8, local_width=8,
-                          local_depth=18)
+    options = GlamOptions.parse({"rows": ROWS, "cols": 192, "patch_size": 64, "num_patches": 2, "global_width": 8,
+                                 "local_width": 8, "local_depth": 18})
     x = network_input(film, (ROWS, 192))
     net = calibrate(GlamNet(options.network_config()), x, "joint")
     spread(net, [f"global_module.heads.{i}" for i in range(3)], lambda: net(x, "global"))
     spread(net, ["local_module.head"], lambda: net(x, "joint"))
     thresholds = {m: {c: {"threshold": 0.5, "dice": None, "n": 0} for c in CLASSES} for m in ("global", "local", "fused")}
-    save_checkpoint(path, net, config=net.config.to_dict(), options=asdict(options), stage="joint",
-                    thresholds=thresholds, val_images=[])
+    save_checkpoint(path, net, **method_fields("glam", asdict(net.config), options.frame(), options.to_dict(), "joint",
+                                               thresholds, [], {}))
     return {"threshold": ("threshold_benign", "threshold_malignant")}
 
 

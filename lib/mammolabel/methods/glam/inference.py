@@ -1,4 +1,4 @@
-"""Tasks of GLAM (Liu et al.): infer ``glam_segmentation``, train ``train_glam``.
+"""GLAM (Liu et al.) as a :class:`~mammolabel.methods.contract.Method`: infer ``glam_segmentation``, train ``train_glam``.
 
 The labelmap holds the benign (1) and malignant (2) segmentation at the image's full resolution,
 thresholded from a saliency map (the fused map by default; the global map after the global stage
@@ -7,136 +7,117 @@ outline of every selected patch (3). The JSON result gives the benign and malign
 probabilities (and those of each module), the patches and one box per segmented component.
 
 Request options: ``saliency`` (``global``, ``local`` or ``fused``), ``threshold_benign`` and
-``threshold_malignant`` (override the stored thresholds). Evaluation scores the labelmap (``dice``)
-and, for the paper's comparison, each map at its own threshold (``dice_global``, ``dice_local``,
-``dice_fused``), splitting lesions into small and large by ``small_radius_px``.
+``threshold_malignant`` (override the stored thresholds; empty: the stored ones). Evaluation scores
+the labelmap (``dice``) and, for the paper's comparison, each map at its own threshold
+(``dice_global``, ``dice_local``, ``dice_fused``), splitting lesions into small and large by
+``small_radius_px``.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict
-from pathlib import Path
+import hashlib
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.training.checkpoint import save_checkpoint
-from mammolabel.methods.glam.training import (
-    SERVED_MAP,
-    STAGE_MAPS,
-    STAGE_OUTPUT,
-    GlamOptions,
-    run_glam,
-    segment,
-    train_glam,
-)
 from mammolabel.errors import InputError
 from mammolabel.io import boxes_from_canonical, canonicalise, from_canonical, read_label, read_mammogram
-from mammolabel.metrics import dice
+from mammolabel.io.prediction import Prediction
+from mammolabel.methods.contract import Method, PredictContext, Trainer
 from mammolabel.methods.glam.network import CLASSES, GlamConfig, GlamInference, GlamNet
-from mammolabel.tasks.infer import MammoInferTask, Prediction
-from mammolabel.tasks.train import MammoTrainTask
+from mammolabel.methods.glam.options import GlamOptions
+from mammolabel.methods.glam.predict import MAPS, SERVED_MAP, STAGE_MAPS, STAGE_OUTPUT, draw_outlines, run_glam, segment
+from mammolabel.methods.glam.training import NAME, train_glam
+from mammolabel.metrics import dice
+from mammolabel.metrics.components import components, largest_radius
+from mammolabel.training.checkpoint import method_fields
 
 BENIGN, MALIGNANT, PATCH = 1, 2, 3
 LABELS = {"benign": BENIGN, "malignant": MALIGNANT, "patch": PATCH}
-MAPS = ("global", "local", "fused")
 
 
-def components(labels: np.ndarray, saliency: np.ndarray) -> list[dict[str, Any]]:
-    """One entry per 8-connected component of each class: inclusive box, class, saliency mean and max, area."""
-    found = []
-    for i, name in enumerate(CLASSES):
-        parts, _ = ndimage.label(labels == i + 1, structure=np.ones((3, 3)))
-        for index, sl in enumerate(ndimage.find_objects(parts), start=1):
-            inside = parts[sl] == index
-            values = saliency[i][sl][inside]
-            cy, cx = ndimage.center_of_mass(inside)
-            found.append({"box": [int(sl[1].start), int(sl[0].start), int(sl[1].stop - 1), int(sl[0].stop - 1)],
-                          "label": name, "mean_saliency": round(float(values.mean()), 4),
-                          "max_saliency": round(float(values.max()), 4), "area_px": int(inside.sum()),
-                          "centre": [float(sl[1].start + cx), float(sl[0].start + cy)]})
-    return sorted(found, key=lambda c: -c["mean_saliency"])
+def _digest(pixels: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(pixels, dtype=np.float32).tobytes()).hexdigest()
 
 
-def draw_outlines(labelmap: np.ndarray, boxes: list[list[int]], value: int, width: int) -> None:
-    """Draw the outline (``width`` pixels, inside the box) of each inclusive [x0, y0, x1, y1] box."""
-    for x0, y0, x1, y1 in boxes:
-        labelmap[y0 : y0 + width, x0 : x1 + 1] = value
-        labelmap[max(y0, y1 - width + 1) : y1 + 1, x0 : x1 + 1] = value
-        labelmap[y0 : y1 + 1, x0 : x0 + width] = value
-        labelmap[y0 : y1 + 1, max(x0, x1 - width + 1) : x1 + 1] = value
+@dataclass
+class _MapMasks:
+    """Each map of the last prediction thresholded at its own stored threshold (canonical, (2, rows, cols) bool),
+    kept for :meth:`GlamMethod.score`, whose contract gives it no network."""
+
+    digest: str
+    masks: dict[str, np.ndarray]
+    small_radius_px: float
 
 
-def equivalent_radius(mask: np.ndarray) -> float:
-    """Radius of the disk with the area of the largest 8-connected component of ``mask``."""
-    parts, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    if n == 0:
-        return 0.0
-    return float(np.sqrt(np.bincount(parts.ravel())[1:].max() / np.pi))
+def _threshold(request: dict[str, Any], name: str, stored: float) -> float:
+    value = request.get(f"threshold_{name}")
+    if value is None or value == "":
+        return float(stored)
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"threshold_{name} must be a number in (0, 1), got {value!r}") from e
+    if not 0 < threshold < 1:
+        raise InputError(f"threshold_{name} must lie in (0, 1), got {threshold}")
+    return threshold
 
 
-class GlamSegmentationInfer(MammoInferTask):
+class GlamMethod(Method):
     """Benign and malignant segmentation at full resolution from image labels (GLAM, Liu et al.)."""
 
-    name = "glam_segmentation"
-    train_task = "train_glam"
+    name = NAME
+    task = "glam_segmentation"
+    description = ("Benign/malignant segmentation at full resolution from image-level labels "
+                   "(GLAM, Liu et al.: global module, patch selection, local module, fusion)")
+    labels = LABELS
+    infer_options = {"saliency": "", "threshold_benign": "", "threshold_malignant": ""}
     rank_key = "dice"
+    trainers = (Trainer(
+        name="train_glam",
+        description="Train GLAM (Liu et al.): global, local and joint stages from image-level findings",
+        options=GlamOptions,
+        # 512 x 320 input, K = 3 patches of 96 x 96, local ResNet-18 of width 16.
+        cpu_preset={"rows": 512, "cols": 320, "patch_size": 96, "local_width": 16, "local_depth": 18, "epochs": 12,
+                    "local_epochs": 6, "joint_epochs": 4, "batch_size": 8},
+        run=train_glam,
+    ),)
 
-    def __init__(self, path: str | None = None, config: dict[str, Any] | None = None):
-        super().__init__(
-            path=path,
-            labels=dict(LABELS),
-            description="Benign/malignant segmentation at full resolution from image-level labels "
-                        "(GLAM, Liu et al.: global module, patch selection, local module, fusion)",
-            config=config,
-        )
+    def __init__(self) -> None:
+        self._last: _MapMasks | None = None
 
     def build_network(self, checkpoint: dict[str, Any]) -> torch.nn.Module:
-        return GlamNet(GlamConfig.from_dict(checkpoint["config"]))
+        return GlamNet(GlamConfig(**checkpoint["network"]))
 
-    def _device(self, data: dict[str, Any]) -> str:
-        device = str(data.get("device") or "cpu")
-        return "cpu" if device.startswith("cuda") and not torch.cuda.is_available() else device
-
-    def full_maps(self, pixels: np.ndarray, data: dict[str, Any]) -> tuple[dict[str, np.ndarray], Any, dict]:
-        """Every trained map at the canonical image's full resolution ({name: (2, rows, cols)}), the result, the checkpoint.
-
-        The maps are input-frame maps resized into the breast crop (zero outside it).
-        """
-        net, ckpt = self.load(self._device(data))
-        found = run_glam(net, pixels, ckpt["stage"], GlamOptions.from_mapping(ckpt["options"]), self._device(data))
+    def predict(self, network: torch.nn.Module, checkpoint: dict[str, Any], pixels: np.ndarray,
+                meta: dict[str, Any], context: PredictContext) -> Prediction:
+        stage = checkpoint["stage"]
+        found = run_glam(network, pixels, stage, checkpoint["frame"], context.device)
         maps = {name: np.stack([found.frame.to_full(channel) for channel in m]) for name, m in found.maps.items()}
-        return maps, found, ckpt
-
-    def predict(self, image: torch.Tensor, meta: dict[str, Any], data: dict[str, Any]) -> Prediction:
-        pixels = image[0].cpu().numpy()
-        maps, found, ckpt = self.full_maps(pixels, data)
-        stage = ckpt["stage"]
-        saliency = str(data.get("saliency") or SERVED_MAP[stage])
+        stored = checkpoint["thresholds"]
+        self._last = _MapMasks(_digest(pixels), {
+            name: np.stack([m[i] >= stored[name][c]["threshold"] for i, c in enumerate(CLASSES)])
+            for name, m in maps.items()}, float(checkpoint["options"].get("small_radius_px", 30.0)))
+        request = context.request
+        saliency = str(request.get("saliency") or SERVED_MAP[stage])
         if saliency not in maps:
             raise InputError(f"saliency must be one of {', '.join(STAGE_MAPS[stage])} for a model trained up to the "
                              f"'{stage}' stage, got {saliency!r}")
-        thresholds = {}
-        for c in CLASSES:
-            value = data.get(f"threshold_{c}", ckpt["thresholds"][saliency][c]["threshold"])
-            try:
-                thresholds[c] = float(value)
-            except (TypeError, ValueError) as e:
-                raise InputError(f"threshold_{c} must be a number in (0, 1), got {value!r}") from e
-            if not 0 < thresholds[c] < 1:
-                raise InputError(f"threshold_{c} must lie in (0, 1), got {thresholds[c]}")
+        thresholds = {c: _threshold(request, c, stored[saliency][c]["threshold"]) for c in CLASSES}
 
         chosen = maps[saliency]
         labelmap = np.zeros(pixels.shape, np.uint8)
         draw_outlines(labelmap, [p["box"] for p in found.patches], PATCH, max(1, round(max(pixels.shape) / 512)))
         labels = segment(chosen, thresholds)
         labelmap[labels > 0] = labels[labels > 0]
-        parts = components(labels, chosen)
+        parts = sorted((
+            {"box": p["box"], "label": c, "mean_saliency": p["mean_saliency"], "max_saliency": p["max_saliency"],
+             "area_px": p["area_px"], "centre": p["centre"]}
+            for i, c in enumerate(CLASSES) for p in components(labels == i + 1, chosen[i], score_name="saliency")),
+            key=lambda p: -p["mean_saliency"])
         flipped, width = bool(meta.get("flipped")), pixels.shape[1]
         patch_boxes = boxes_from_canonical([p["box"] for p in found.patches], flipped, width)
         final = STAGE_OUTPUT[stage]
@@ -161,6 +142,7 @@ class GlamSegmentationInfer(MammoInferTask):
 
         ``hit``: a component centre lies in the lesion mask; ``patch_cover``: the share of the mask
         inside the selected patches; ``small``: equivalent lesion radius below ``small_radius_px``.
+        The maps are those of the prediction of this image just made (the contract hands no network here).
         """
         probabilities = result["probabilities"]
         row: dict[str, Any] = {"score": probabilities["malignant"], "abnormal_score": max(probabilities.values()),
@@ -173,12 +155,12 @@ class GlamSegmentationInfer(MammoInferTask):
         truth = read_label(record.mask_path, labelmap.shape) > 0
         row["dice"] = dice(labelmap == c + 1, truth) or 0.0
         image = canonicalise(read_mammogram(record.image_path), record.laterality)
-        maps, _, ckpt = self.full_maps(image.pixels, {})
-        for name, m in maps.items():
-            threshold = ckpt["thresholds"][name][CLASSES[c]]["threshold"]
-            predicted = from_canonical(m[c] >= threshold, bool(image.meta["flipped"]))
-            row[f"dice_{name}"] = dice(predicted, truth) or 0.0
-        radius = equivalent_radius(truth)
+        last = self._last
+        if last is None or last.digest != _digest(image.pixels):
+            raise InputError(f"glam_segmentation: {record.image_id} is scored only right after its prediction")
+        for name, masks in last.masks.items():
+            row[f"dice_{name}"] = dice(from_canonical(masks[c], bool(image.meta["flipped"])), truth) or 0.0
+        radius = largest_radius(truth)
         covered = np.zeros(truth.shape, bool)
         for p in result["patches"]:
             x0, y0, x1, y1 = p["box"]
@@ -186,7 +168,7 @@ class GlamSegmentationInfer(MammoInferTask):
         rows, cols = truth.shape
         row.update(
             lesion_radius_px=radius,
-            small=radius < float(ckpt["options"]["small_radius_px"]),
+            small=radius < last.small_radius_px,
             patch_cover=float((covered & truth).sum() / max(1, truth.sum())) if result["patches"] else None,
             hit=any(truth[min(rows - 1, int(round(p["y"]))), min(cols - 1, int(round(p["x"])))]
                     for p in result["points"]),
@@ -214,43 +196,13 @@ class GlamSegmentationInfer(MammoInferTask):
         out["normal_false_positive_rate"] = float(np.mean(normals)) if normals else None
         return out
 
-    @classmethod
-    def benchmark_options(cls) -> GlamOptions:
+    def benchmark_network(self) -> torch.nn.Module:
         """The paper's network at its 2944 x 1920 input (K = 3 patches of 512 x 512)."""
-        return GlamOptions()
+        return GlamInference(GlamNet(GlamOptions().network_config()))
 
-    @classmethod
-    def benchmark_module(cls) -> torch.nn.Module:
-        return GlamInference(GlamNet(cls.benchmark_options().network_config()))
-
-    @classmethod
-    def write_benchmark_checkpoint(cls, model_dir: str | os.PathLike) -> None:
-        Path(model_dir).mkdir(parents=True, exist_ok=True)
-        options = cls.benchmark_options()
+    def benchmark_checkpoint(self) -> dict[str, Any]:
+        options = GlamOptions()
         net = GlamNet(options.network_config())
         thresholds = {m: {c: {"threshold": 0.5, "dice": None, "n": 0} for c in CLASSES} for m in MAPS}
-        save_checkpoint(Path(model_dir) / f"{cls.name}.pt", net, config=net.config.to_dict(), options=asdict(options),
-                        stage="joint", thresholds=thresholds, val_images=[])
-
-
-class TrainGlam(MammoTrainTask):
-    """GLAM's three training stages (global, local, joint) from image-level findings (options: :class:`GlamOptions`)."""
-
-    name = "train_glam"
-    checkpoint_name = GlamSegmentationInfer.name
-    defaults = {k: v for k, v in asdict(GlamOptions()).items()
-                if k not in ("epochs", "device", "val_fraction", "seed", "resume")}  # those five come from the base
-    #: 512 x 320 input, K = 3 patches of 96 x 96, local ResNet-18 of width 16.
-    cpu_preset = {"rows": 512, "cols": 320, "patch_size": 96, "local_width": 16, "local_depth": 18, "epochs": 12,
-                  "local_epochs": 6, "joint_epochs": 4, "batch_size": 8}
-
-    def __init__(self, model_dir: str | Path, description: str = "Train GLAM (Liu et al.): global, local and joint "
-                 "stages from image-level findings",
-                 defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
-        super().__init__(model_dir, description, defaults, shipped)
-
-    def check(self, options: dict[str, Any]) -> None:
-        GlamOptions.from_mapping(options)
-
-    def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
-        return train_glam(inventory, GlamOptions.from_mapping(options), out)
+        return {"model": net.state_dict(), **method_fields(NAME, asdict(net.config), options.frame(),
+                                                           options.to_dict(), "joint", thresholds, [], {})}

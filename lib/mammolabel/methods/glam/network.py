@@ -12,7 +12,7 @@ class at the input's full resolution (paper Fig. 2):
    a 2944x1920 image) each give a 2-class saliency map ``S_n`` (1x1 convolution, sigmoid). Top-t%
    pooling turns each ``S_n`` into a class prediction ``y_n``; ``S_g`` is a weighted sum of the
    three maps at the resolution of ``S0``; ``z_g`` is the spatial max of ``h2``.
-2. **Patch selection**: K patches at the peaks of ``S_g`` (each class min-max normalised, the
+2. **Patch selection** (:mod:`mammolabel.methods.glam.patches`): K patches at the peaks of ``S_g`` (each class min-max normalised, the
    classes summed, the window with the highest mean taken greedily), inside the image and, as far
    as the image allows, not overlapping; crops are exact slices of the input.
 3. **Local module** (Fig. 7): a ResNet-34 kept at stride 4 (no stage downsamples) on each patch
@@ -35,9 +35,9 @@ greyscale input channel, bilinear upsampling of ``S_g`` for fusion, ``z_k`` the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from torch import nn
 
 from mammolabel.networks.backbones import LAYERS
 from mammolabel.networks.pooling import top_t_pool
+from mammolabel.methods.glam.patches import crop_patches, paste_patches, select_patches
 
 __all__ = [
     "CLASSES",
@@ -58,9 +59,6 @@ __all__ = [
     "GlobalModule",
     "LocalModule",
     "ResNetTrunk",
-    "crop_patches",
-    "paste_patches",
-    "select_patches",
 ]
 
 #: Saliency channels, in order.
@@ -87,6 +85,8 @@ class GlamConfig:
         t_global, t_local: top-t% pooling fractions of the global and local maps.
         aggregation: ``concat`` or ``attention``.
         attention_hidden: hidden size of the gated attention (128 as in GMIC).
+
+    A checkpoint stores it as ``network`` (``dataclasses.asdict``); ``GlamConfig(**network)`` rebuilds it.
     """
 
     global_width: int = 16
@@ -128,30 +128,16 @@ class GlamConfig:
     @property
     def map_stride(self) -> int:
         """Input pixels per cell of ``S0`` (and so of ``S_g``): 16 for the paper's network."""
-        return 4 * _prod(self.global_strides[:-2])
+        return 4 * math.prod(self.global_strides[:-2])
 
     @property
     def total_stride(self) -> int:
         """Input rows and columns must be multiples of this (64 for the paper's network)."""
-        return 4 * _prod(self.global_strides)
+        return 4 * math.prod(self.global_strides)
 
     @property
     def local_stride(self) -> int:
-        return 4 * _prod(self.local_strides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GlamConfig:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-def _prod(values: Sequence[int]) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
+        return 4 * math.prod(self.local_strides)
 
 
 @dataclass
@@ -310,66 +296,6 @@ class FusionModule(nn.Module):
 
     def forward(self, z_global: torch.Tensor, z_local: torch.Tensor) -> torch.Tensor:
         return self.linear(torch.cat([z_global, z_local], dim=1))
-
-
-@torch.no_grad()
-def select_patches(saliency: torch.Tensor, patch_cells: tuple[int, int], k: int) -> torch.Tensor:
-    """Upper-left cells (B, K, 2) = (row, col) of K windows of ``patch_cells`` at the peaks of ``saliency``.
-
-    Each class of ``saliency`` (B, C, h, w) is min-max normalised and the classes are summed; the
-    window with the highest mean is taken, its cells are zeroed, and so on K times (the authors'
-    greedy search). A window overlapping one already taken is only chosen when no other is left,
-    so the patches do not overlap as long as the image has room for them. Windows lie inside the map.
-    """
-    b, _, h, w = saliency.shape
-    ph, pw = patch_cells
-    if ph > h or pw > w:
-        raise ValueError(f"patch of {patch_cells} cells does not fit a saliency map of {(h, w)} cells")
-    low = saliency.amin(dim=(2, 3), keepdim=True)
-    high = saliency.amax(dim=(2, 3), keepdim=True)
-    current = ((saliency - low) / (high - low).clamp_min(1e-12)).sum(dim=1, keepdim=True).float()  # (B, 1, h, w)
-    taken = torch.zeros(b, h - ph + 1, w - pw + 1, dtype=torch.bool, device=saliency.device)
-    corners = torch.zeros(b, k, 2, dtype=torch.long, device=saliency.device)
-    for i in range(k):
-        score = F.avg_pool2d(current, (ph, pw), stride=1)[:, 0]  # mean of every window, by upper-left cell
-        free = score.masked_fill(taken, float("-inf"))
-        full = taken.flatten(1).all(dim=1)  # no non-overlapping window left: allow overlap
-        free[full] = score[full]
-        index = free.flatten(1).argmax(dim=1)
-        rows, cols = index // score.shape[-1], index % score.shape[-1]
-        corners[:, i, 0], corners[:, i, 1] = rows, cols
-        for j in range(b):
-            r, c = int(rows[j]), int(cols[j])
-            current[j, :, r : r + ph, c : c + pw] = 0
-            taken[j, max(0, r - ph + 1) : r + ph, max(0, c - pw + 1) : c + pw] = True
-    return corners
-
-
-def crop_patches(x: torch.Tensor, corners: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
-    """Exact crops (B, K, C, p, q) of x (B, C, H, W) with upper-left ``corners`` (B, K, 2) in pixels."""
-    p, q = patch_size
-    return torch.stack([
-        torch.stack([x[i, :, r : r + p, c : c + q] for r, c in corners[i].tolist()]) for i in range(x.shape[0])
-    ])
-
-
-@torch.no_grad()
-def paste_patches(maps: torch.Tensor, corners: torch.Tensor, patch_size: tuple[int, int],
-                  size: tuple[int, int]) -> torch.Tensor:
-    """Local saliency ``S_l`` (B, C, H, W): each patch map (B, K, C, h, w) resized to its patch and pasted.
-
-    Where patches overlap the maximum is kept; outside every patch ``S_l`` is zero.
-    """
-    b, k, c = maps.shape[:3]
-    up = F.interpolate(maps.flatten(0, 1).float(), size=patch_size, mode="bilinear", align_corners=False)
-    up = up.unflatten(0, (b, k))
-    canvas = torch.zeros(b, c, *size, device=maps.device)
-    p, q = patch_size
-    for i in range(b):
-        for j, (r, col) in enumerate(corners[i].tolist()):
-            region = canvas[i, :, r : r + p, col : col + q]
-            torch.maximum(region, up[i, j], out=region)
-    return canvas
 
 
 class GlamNet(nn.Module):
