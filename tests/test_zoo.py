@@ -87,7 +87,7 @@ def test_every_shipped_checkpoint_is_small_stamped_and_carded(task, kind):
     path = MODELS_DIR / f"{task}.{kind}.pt"
     assert path.is_file() and path.stat().st_size <= 10_000_000
     ckpt = load_checkpoint(path)
-    assert ckpt["schema_version"] == 2 and ckpt["preset"] == "cpu" and ckpt["created"] and ckpt["trained_on"]["labels"]
+    assert ckpt["upgraded_from"] == 2 and ckpt["preset"] == "cpu" and ckpt["created"] and ckpt["trained_on"]["labels"]
     assert "optimizer" not in ckpt
     card = (MODELS_DIR / f"{task}.md").read_text()
     assert f"{task}.{kind}.pt" in card and "Not for clinical decisions" in card and "95%" in card

@@ -33,7 +33,7 @@ logger = logging.getLogger("mammolabel")
 
 #: Options that may change between a run and its resumption (more epochs, another device...).
 RESUMABLE_OPTIONS = frozenset({"epochs", "resume", "device", "multi_gpu", "gpus", "preset", "init", "stage",
-                               "attention_epochs", "self_training_epochs"})
+                               "attention_epochs", "self_training_epochs", "local_epochs", "joint_epochs"})
 
 
 def stage_path(out: str | Path, stage: str) -> Path:

@@ -55,8 +55,6 @@ logger = logging.getLogger("mammolabel")
 NAME = "glam"
 #: Thresholds tried on the validation maps.
 THRESHOLDS = np.round(np.arange(0.02, 0.99, 0.02), 2)
-#: Options that are another stage's epoch count: no part of a stage's run identity.
-OTHER_STAGES_EPOCHS = ("local_epochs", "joint_epochs")
 
 
 def targets_of(finding: str | None) -> torch.Tensor:
@@ -297,11 +295,10 @@ def train_glam(inventory: LabelInventory, options: GlamOptions, out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     network, frame, opts = asdict(net.config), options.frame(), options.to_dict()
     train_ids, val_ids = [r.image_id for r in train_records], [r.image_id for r in val_records]
-    same_run = {k: v for k, v in opts.items() if k not in OTHER_STAGES_EPOCHS}
     summary = []
     for stage in run:
         previous = _start_from_previous(net, out, stage)
-        identity = run_identity(NAME, stage, network, frame, same_run, train_ids, val_ids,
+        identity = run_identity(NAME, stage, network, frame, opts, train_ids, val_ids,
                                 started_from=previous or init)
         fields = method_fields(NAME, network, frame, opts, stage, {}, val_ids, report, train_images=train_ids)
         summary.append(_run_stage(net, stage, train, val, options, out, fields, identity,
