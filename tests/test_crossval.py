@@ -1,0 +1,74 @@
+"""``mammolabel crossval``: every film scored once, by a model that never saw its patient (reduced: tiny network)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mammolabel.cli import main
+from mammolabel.data.datastore import MammoDatastore, collect_labels
+from mammolabel.data.phantoms import write_phantom_study
+from mammolabel.data.split import patient_folds
+from mammolabel.evaluation.crossval import crossval, fold_interval
+from mammolabel.training.checkpoint import load_checkpoint
+
+#: A tiny hybrid network: the protocol is tested, not the model.
+TINY = {"epochs": 2, "rows": 64, "cols": 64, "width": 8, "depth": 18, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cv") / "studies"
+    write_phantom_study(out, n=12, seed=3, mask_fraction=0.5, dicom=False)
+    return out
+
+
+def test_folds_are_patient_wise_stratified_and_cover_every_film_once(studies):
+    records = collect_labels(MammoDatastore(studies, read_only=True)).images
+    folds = patient_folds(records, 3, seed=0)
+    ids = [r.image_id for fold in folds for r in fold]
+    assert sorted(ids) == sorted(r.image_id for r in records)
+    patients = [{r.patient_id for r in fold} for fold in folds]
+    assert all(not (a & b) for i, a in enumerate(patients) for b in patients[i + 1:])
+    assert all({r.finding for r in fold} >= {"normal"} for fold in folds)  # every fold sees normal films
+    with pytest.raises(ValueError, match="folds need between 2"):
+        patient_folds(records, 1)
+
+
+def test_fold_interval_is_the_t_interval_of_the_fold_means():
+    summary = fold_interval([0.2, 0.4, 0.6])
+    half = stats.t.ppf(0.975, 2) * np.std([0.2, 0.4, 0.6], ddof=1) / np.sqrt(3)
+    assert summary["mean"] == pytest.approx(0.4) and summary["ci95"] == pytest.approx([0.4 - half, 0.4 + half], abs=1e-3)
+    assert fold_interval([None, 0.5]) == {"mean": 0.5, "ci95": None, "folds": 1} and fold_interval([None]) is None
+
+
+def test_crossval_scores_every_film_out_of_fold_and_draws_the_learning_curves(studies, tmp_path):
+    report = crossval("hybrid_segmentation", str(studies), tmp_path / "cv", folds=3, options=TINY)
+    labelled = [r for r in collect_labels(MammoDatastore(studies, read_only=True)).images if r.kinds]
+    assert sorted(r["image_id"] for r in report["rows"]) == sorted(r.image_id for r in labelled)
+    patient = {r.image_id: r.patient_id for r in labelled}
+    for k in range(3):
+        held = {patient[r["image_id"]] for r in report["rows"] if r["fold"] == k}
+        ckpt = load_checkpoint(tmp_path / "cv" / f"fold{k}" / "model" / "hybrid_segmentation.pt")
+        seen = set(ckpt["run"]["train_images"]) | set(ckpt["validation_images"])
+        assert not held & {patient[i] for i in seen}, k  # neither training nor model selection saw the fold
+        assert len(ckpt["history"]) == TINY["epochs"]
+    assert [f["fold"] for f in report["per_fold"]] == [0, 1, 2]
+    dice = report["mean_over_folds"]["dice_mean"]
+    assert dice["folds"] == 3 and dice["ci95"][0] <= dice["mean"] <= dice["ci95"][1]
+    assert report["out_of_fold"]["films"] == len(labelled) and "ci95" in report["out_of_fold"]["dice_mean"]
+    assert (tmp_path / "cv" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "cv" / "crossval.json").read_text())
+    assert saved["command"].startswith("mammolabel crossval hybrid_segmentation") and saved["load_average"]
+
+
+def test_cli_refuses_too_many_folds_in_one_line(studies, tmp_path, capsys):
+    code = main(["crossval", "hybrid_segmentation", "--studies", str(studies), "--out", str(tmp_path / "cv"),
+                 "--folds", "99"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "folds need between 2" in err
+    code = main(["crossval", "breast_region", "--studies", str(studies), "--out", str(tmp_path / "cv")])
+    assert code == 2 and "unknown infer task 'breast_region' with a training" in capsys.readouterr().err
