@@ -22,14 +22,11 @@ from mammolabel.data.dataset import prepare
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.phantoms import make_phantom
 from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.methods.dahl.training import (
-    DahlOptions,
-    analyse,
-    roi_inputs,
-    stage_path,
-    summarise_rows,
-    train_classifier,
-)
+from mammolabel.methods.dahl.analysis import analyse
+from mammolabel.methods.dahl.evaluation import summarise_rows
+from mammolabel.methods.dahl.options import DahlOptions
+from mammolabel.methods.dahl.training import roi_inputs
+from mammolabel.training.stages import stage_path
 from mammolabel.evaluation.benchmark import flops
 from mammolabel.evaluation.evaluate import evaluate
 from mammolabel.errors import InputError, ModelNotTrainedError
@@ -44,7 +41,11 @@ from mammolabel.methods.dahl.network import (
     risk_score,
     roi_boxes,
 )
-from mammolabel.methods.dahl.inference import ClassificationInfer, ClassifierTrain, probability
+from mammolabel.methods.dahl.inference import probability
+from mammolabel.tasks import infer_tasks, train_tasks
+
+ClassificationInfer = infer_tasks()["classification"]
+ClassifierTrain = train_tasks()["train_classifier"]
 
 #: A tiny configuration for CPU tests.
 TINY = {"depth": 10, "width": 4, "input_rows": 96, "input_cols": 80, "roi_size": 48, "batch_size": 4, "lr": 1e-3}
@@ -252,6 +253,11 @@ def tiny_options(**overrides) -> dict:
     return {**TINY, "epochs": 2, "val_fraction": 0.5, "device": "cpu", "resume": True, **overrides}
 
 
+def train_classifier(inventory, options: dict, out: Path) -> dict:
+    """The train task's run on ``options`` as a request gives them, from random weights."""
+    return ClassifierTrain(out.parent).run(inventory, options, out)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, phantom_dir):
     """Both stages trained on the 12 phantoms (target malignant, half of the patients held back)."""
@@ -268,9 +274,9 @@ def test_training_runs_both_stages_and_records_what_it_used(trained):
     # the attention stage scores the validation images with the holistic stage's best model, as that stage did
     assert summary["attention"]["holistic_auc"] == pytest.approx(summary["holistic"]["auc"])
     ckpt = load_checkpoint(out)
-    assert ckpt["stage"] == "attention" and ckpt["config"]["attention"] is True and ckpt["target"] == "malignant"
-    assert ckpt["config"]["input_size"] == [96, 80] and ckpt["config"]["top_fraction"] == 0.01
-    assert len(ckpt["val_images"]) == summary["val_images"] and ckpt["labels"]["needs"] == "finding"
+    assert ckpt["stage"] == "attention" and ckpt["network"]["attention"] is True and ckpt["target"] == "malignant"
+    assert ckpt["network"]["input_size"] == [96, 80] and ckpt["network"]["top_fraction"] == 0.01
+    assert len(ckpt["validation_images"]) == summary["val_images"] and ckpt["label_counts"]["needs"] == "finding"
     holistic = load_checkpoint(stage_path(out, "holistic"))
     assert holistic["stage"] == "holistic" and not any(k.startswith("attention.") for k in holistic["model"])
     # the Holistic weights are those of the holistic stage's best epoch; the Attention model was trained
@@ -281,7 +287,7 @@ def test_training_runs_both_stages_and_records_what_it_used(trained):
 
 def test_validation_split_is_patient_wise(trained, phantom_dir):
     out, _ = trained
-    val = set(load_checkpoint(out)["val_images"])
+    val = set(load_checkpoint(out)["validation_images"])
     records = collect_labels(MammoDatastore(phantom_dir, read_only=True)).images
     val_patients = {r.patient_id for r in records if r.image_id in val}
     assert val_patients and all((r.image_id in val) == (r.patient_id in val_patients) for r in records)
@@ -292,14 +298,14 @@ def test_evaluation_reproduces_the_validation_aucs_of_training(trained, phantom_
     out, summary = trained
     ckpt = load_checkpoint(out)
     metrics = evaluate(ClassificationInfer(path=str(out)), collect_labels(MammoDatastore(phantom_dir, read_only=True)),
-                       tmp_path, image_ids=set(ckpt["val_images"]))
+                       tmp_path, image_ids=set(ckpt["validation_images"]))
     best = summary["attention"]
     aucs = metrics["auc_by_model"]["malignant_vs_rest"]
     assert aucs["attention"] == pytest.approx(best["auc"])
     assert aucs["holistic"] == pytest.approx(best["holistic_auc"])
     assert aucs["ensemble"] == pytest.approx(best["ensemble_auc"])
     assert metrics["ensemble_ge_holistic"] == (aucs["ensemble"] >= aucs["holistic"])
-    assert metrics["n_images"] == len(ckpt["val_images"]) and metrics["n_exams"] >= 1
+    assert metrics["n_images"] == len(ckpt["validation_images"]) and metrics["n_exams"] >= 1
     assert (tmp_path / "roc.png").is_file() and list(tmp_path.glob("worst_*.png"))
 
 
@@ -337,13 +343,13 @@ def test_changed_options_restart_only_the_stages_they_concern(trained, phantom_d
     # an attention-only option: the holistic stage is kept, the attention stage trains afresh
     summary = train_classifier(inventory, tiny_options(stage="attention", roi_size=32), out)
     assert all(torch.equal(holistic[k], v) for k, v in load_checkpoint(stage_path(out, "holistic"))["model"].items())
-    assert load_checkpoint(out)["config"]["roi_size"] == 32 and summary["attention"]["epochs"] == 2
+    assert load_checkpoint(out)["network"]["roi_size"] == 32 and summary["attention"]["epochs"] == 2
     with pytest.raises(InputError, match="same depth, width and input size"):
         train_classifier(inventory, tiny_options(stage="attention", width=8), out)
 
     # a network option: both stages train afresh (resuming would load weights of another shape)
     summary = train_classifier(inventory, tiny_options(width=8), out)
-    assert summary["holistic"]["epochs"] == 2 and load_checkpoint(out)["config"]["width"] == 8
+    assert summary["holistic"]["epochs"] == 2 and load_checkpoint(out)["network"]["width"] == 8
 
 
 @pytest.mark.parametrize(
@@ -416,8 +422,9 @@ def write_tiny_checkpoint(path: Path, **overrides) -> DahlClassifier:
 def test_infer_returns_risks_saliency_levels_roi_and_exam(exam_store, tmp_path):
     write_tiny_checkpoint(tmp_path / "classification.pt")
     task = ClassificationInfer(path=str(tmp_path / "classification.pt"))
+    task.datastore = MammoDatastore(exam_store, read_only=True)  # as the app serves it
     image = exam_store / "x_rmlo.png"
-    label_file, result = task({"image": str(image), "laterality": "R"})  # as the server passes the image info
+    label_file, result = task({"image": str(image), "image_id": "x_rmlo", "laterality": "R"})  # as the server asks
     labelmap = read_label(label_file)
     pixels = read_mammogram(image).pixels
     assert labelmap.shape == pixels.shape and labelmap.dtype == np.uint8
@@ -445,7 +452,7 @@ def test_infer_returns_risks_saliency_levels_roi_and_exam(exam_store, tmp_path):
     assert result["points"][0]["x"] == pytest.approx(coa["x"]) and result["points"][0]["name"] == "centre_of_attention"
 
     # the examination: max over breasts of the sum of that breast's view risks, each as scored alone
-    alone = {i: task({"image": str(exam_store / f"{i}.png"), "exam": "false", "laterality": side})[1]
+    alone = {i: task({"image": str(exam_store / f"{i}.png"), "image_id": i, "exam": "false", "laterality": side})[1]
              for i, side in (("x_lcc", "L"), ("x_lmlo", "L"), ("x_rmlo", "R"))}
     assert all(r["exam"] is None for r in alone.values())
     exam = result["exam"]
@@ -455,7 +462,8 @@ def test_infer_returns_risks_saliency_levels_roi_and_exam(exam_store, tmp_path):
         right = alone["x_rmlo"][f"{model}_risk"]
         assert exam["breast_risk"][model] == pytest.approx({"L": left, "R": right})
         assert exam[f"{model}_risk"] == pytest.approx(max(left, right))
-    assert task({"image": str(exam_store / "y_lmlo.png")})[1]["exam"] is None  # a single image is no examination
+    assert task({"image": str(exam_store / "y_lmlo.png"), "image_id": "y_lmlo"})[1]["exam"] is None  # a single image
+    assert task({"image": str(image)})[1]["exam"] is None  # an image not named in the datastore (the CLI's)
 
 
 def test_probability_is_the_sigmoid_of_the_risk_even_for_extreme_risks():
@@ -468,7 +476,9 @@ def test_holistic_only_checkpoint_serves_the_holistic_score(tmp_path, exam_store
     model.attention = None
     config = DahlOptions(**TINY).network(attention=False)
     save_checkpoint(tmp_path / "h.pt", model, config=config, target="abnormal", stage="holistic")
-    _, result = ClassificationInfer(path=str(tmp_path / "h.pt"))({"image": str(exam_store / "x_lcc.png")})
+    task = ClassificationInfer(path=str(tmp_path / "h.pt"))
+    task.datastore = MammoDatastore(exam_store, read_only=True)
+    _, result = task({"image": str(exam_store / "x_lcc.png"), "image_id": "x_lcc"})
     assert result["model_used"] == "holistic" and result["stage"] == "holistic" and result["target"] == "abnormal"
     assert result["attention_risk"] is None and result["ensemble_probability"] is None
     assert result["exam"]["holistic_risk"] is not None and result["exam"]["ensemble_risk"] is None
@@ -507,5 +517,5 @@ def test_benchmark_hooks_build_the_papers_configuration(tmp_path):
     assert len(module.holistic.net.layer3) == 23  # ResNet-101
     ClassificationInfer.write_benchmark_checkpoint(tmp_path)
     ckpt = load_checkpoint(tmp_path / "classification.pt")
-    assert ckpt["config"]["depth"] == 101 and ckpt["stage"] == "attention"
-    assert DahlClassifier(**ckpt["config"]).load_state_dict(ckpt["model"]) is not None
+    assert ckpt["network"]["depth"] == 101 and ckpt["stage"] == "attention"
+    assert DahlClassifier(**ckpt["network"]).load_state_dict(ckpt["model"]) is not None

@@ -18,7 +18,7 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.methods.dahl.training import DahlOptions
+from mammolabel.methods.dahl.options import DahlOptions
 from mammolabel.io import read_mammogram
 from mammolabel.methods.dahl.network import DahlClassifier
 from helpers import labelmap_from
@@ -111,8 +111,9 @@ def test_train_over_http_writes_the_checkpoint_the_task_serves(server):
     r = requests.post(f"{server.url}/train/train_classifier?run_sync=true", json=params, timeout=300)
     assert r.status_code == 200, r.text
     ckpt = load_checkpoint(path)
-    assert ckpt["stage"] == "attention" and ckpt["target"] == "abnormal" and ckpt["config"]["input_size"] == [96, 80]
-    assert ckpt["labels"]["used"] == 8 and ckpt["labels"]["needs"] == "finding" and ckpt["val_images"]
+    assert ckpt["stage"] == "attention" and ckpt["target"] == "abnormal" and ckpt["network"]["input_size"] == [96, 80]
+    counts = ckpt["label_counts"]
+    assert counts["used"] == 8 and counts["needs"] == "finding" and ckpt["validation_images"]
     assert "neg_val_loss" in ckpt["history"][0] and "auc" not in ckpt["history"][0]  # validation holds no positive
     result = requests.post(f"{server.url}/infer/classification?image=phantom_002&output=json", timeout=120).json()
     assert result["target"] == "abnormal" and 0 < result["ensemble_probability"] < 1

@@ -52,7 +52,7 @@ def test_train_resume_and_evaluate_from_the_command_line(phantom_copy, tmp_path,
 
     metrics = run_cli(capsys, "evaluate", "classification", "--checkpoint", str(out), "--studies", str(studies),
                       "--out", str(tmp_path / "eval"), "--split", "val")
-    val = load_checkpoint(out)["val_images"]
+    val = load_checkpoint(out)["validation_images"]
     assert metrics["n_images"] == len(val) and metrics["target_question"] == "normal_vs_abnormal"
     aucs = metrics["auc_by_model"]["normal_vs_abnormal"]
     assert set(aucs) == {"holistic", "attention", "ensemble"} and all(0 <= v <= 1 for v in aucs.values())

@@ -101,7 +101,7 @@ def spread(net: torch.nn.Module, heads: list[str], call: Any, std: float = 2.0) 
 
 
 def classification(film: Path, path: Path) -> dict[str, Any]:
-    from mammolabel.methods.dahl.training import DahlOptions
+    from mammolabel.methods.dahl.options import DahlOptions
     from mammolabel.methods.dahl.network import DahlClassifier
 
     config = DahlOptions(depth=18, width=16, input_rows=ROWS, input_cols=COLS, roi_size=128).network(attention=True)

@@ -1,0 +1,80 @@
+"""Options of ``train_classifier``: the paper's training setting (§4.2) as defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mammolabel.methods.dahl.network import DEPTHS
+from mammolabel.training.options import TrainOptions
+
+STAGES = ("holistic", "attention", "both")
+TARGETS = ("malignant", "abnormal")
+#: Options that only the attention stage uses (changing them does not retrain the holistic stage).
+ATTENTION_ONLY = ("roi_size", "roi_scale", "top_fraction")
+
+
+@dataclass
+class DahlOptions(TrainOptions):
+    """Options of ``train_classifier``. Defaults are the paper's setting (§4.2); reduce sizes on a CPU.
+
+    Attributes:
+        stage: ``holistic``, ``attention`` (needs a finished holistic stage) or ``both``.
+        target: ``malignant`` (malignant vs benign and normal, the paper's cancer vs rest) or
+            ``abnormal`` (benign or malignant vs normal).
+        depth, width: ResNet depth and first-stage width (the paper: ResNet-101, 64).
+        input_rows, input_cols: the Holistic model's input (the paper: 976 x 976).
+        roi_size: side of the Attention model's input (the paper: 976).
+        roi_scale: ROI pixels per image pixel (1.0: the image's own resolution).
+        top_fraction: share of most salient pixels whose centroid is the COA (the paper: 1%).
+        batch_size: the paper: 4.
+        lr, weight_decay: Adam (the paper does not say which optimiser it used).
+        balance: weight the cross-entropy by inverse class frequency (positives are rare).
+        augment: random vertical flips, rotations (``rotate_deg``) and crops (scale and shift).
+        attention_epochs: epochs of the attention stage (0: the same as ``epochs``).
+    """
+
+    stage: str = "both"
+    target: str = "malignant"
+    depth: int = 101
+    width: int = 64
+    input_rows: int = 976
+    input_cols: int = 976
+    roi_size: int = 976
+    roi_scale: float = 1.0
+    top_fraction: float = 0.01
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    balance: bool = True
+    augment: bool = True
+    rotate_deg: float = 10.0
+    attention_epochs: int = 0
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.stage not in STAGES:
+            problems.append(f"stage must be one of {', '.join(STAGES)}")
+        if self.target not in TARGETS:
+            problems.append(f"target must be one of {', '.join(TARGETS)}")
+        if self.depth not in DEPTHS:
+            problems.append(f"depth must be one of {', '.join(map(str, DEPTHS))}")
+        if min(self.width, self.input_rows, self.input_cols, self.roi_size, self.batch_size) < 1:
+            problems.append("width, input_rows, input_cols, roi_size and batch_size must be positive")
+        if min(self.input_rows, self.input_cols, self.roi_size) < 32:
+            problems.append("input_rows, input_cols and roi_size must be at least 32 (the ResNet's stride)")
+        if self.roi_scale <= 0 or self.lr <= 0:
+            problems.append("roi_scale and lr must be positive")
+        if not 0 < self.top_fraction <= 1:
+            problems.append("top_fraction must lie in (0, 1]")
+        return problems
+
+    def network(self, attention: bool) -> dict[str, Any]:
+        """Keyword arguments of :class:`~mammolabel.methods.dahl.network.DahlClassifier` (a checkpoint's network)."""
+        return {"depth": self.depth, "width": self.width, "input_size": [self.input_rows, self.input_cols],
+                "roi_size": self.roi_size, "roi_scale": self.roi_scale, "top_fraction": self.top_fraction,
+                "attention": attention}
+
+    def frame(self) -> dict[str, Any]:
+        """The Holistic model's input frame: the breast's bounding box resized to ``input_rows`` x ``input_cols``."""
+        return {"rows": self.input_rows, "cols": self.input_cols, "crop_breast": True}
