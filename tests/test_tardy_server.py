@@ -116,7 +116,8 @@ def test_both_train_tasks_run_through_the_server(server, tmp_path):
     inventory = collect_labels(MammoDatastore(server.studies_dir, read_only=True))
     pre = server.model_dir / "tardy_test_pre.pt"  # checkpoints are named within the model folder
     r = requests.post(f"{server.url}/train/pretrain_reconstruction?run_sync=true",
-                      json={"epochs": 1, "rows": 64, "cols": 48, "width": 4, "levels": 3, "checkpoint": pre.name}, timeout=300)
+                      json={"epochs": 1, "rows": 64, "cols": 48, "width": 4, "levels": 3, "checkpoint": pre.name},
+                      timeout=300)
     assert r.status_code == 200, r.text
     ckpt = load_checkpoint(pre)
     assert ckpt["stage"] == "pretrain_reconstruction" and ckpt["frame"] == {"rows": 64, "cols": 48, "crop_breast": True}
@@ -126,7 +127,8 @@ def test_both_train_tasks_run_through_the_server(server, tmp_path):
     malignant_masks = len(discriminative_images(inventory)[0])
     out = server.model_dir / "tardy_test_disc.pt"
     r = requests.post(f"{server.url}/train/train_discriminative?run_sync=true",
-                      json={"epochs": 1, "rows": 64, "cols": 48, "pretrained": "tardy_test_pre", "checkpoint": out.name},
+                      json={"epochs": 1, "rows": 64, "cols": 48, "pretrained": "tardy_test_pre",
+                            "checkpoint": out.name},
                       timeout=300)
     if malignant_masks == 0:  # the shared server's phantoms may have no malignant mask: a clear 400
         assert r.status_code == 400 and "labels/final" in r.json()["detail"], r.text

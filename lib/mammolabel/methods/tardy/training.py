@@ -168,8 +168,8 @@ def pretrain_reconstruction(inventory: LabelInventory, options: PretrainOptions,
     best = stage_path(out, PRETRAIN_STAGE)
     optimizer = torch.optim.Adam(network.parameters(), lr=options.lr)
     result = fit(network, optimizer, batches, math.ceil(len(train_set) / options.batch_size), step, validate, "psnr",
-                 best, FitOptions(options.epochs, options.device, resume=options.resume), meta, desc=PRETRAIN_STAGE,
-                 identity=identity, init=init)
+                 best, FitOptions(options.epochs, options.device, resume=options.resume), meta,
+                 desc=PRETRAIN_STAGE, identity=identity, init=init)
     publish(best, out)
     return {**summary(result, "psnr", out), "labels": report, "train_images": len(train), "val_images": len(val)}
 
@@ -278,8 +278,8 @@ def train_discriminative(inventory: LabelInventory, options: DiscriminativeOptio
     best = stage_path(out, DISCRIMINATIVE_STAGE)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     result = fit(model, optimizer, batches, math.ceil(len(train_set) / options.batch_size), step, validate, "dice",
-                 best, FitOptions(options.epochs, options.device, resume=options.resume), meta, desc=DISCRIMINATIVE_STAGE,
-                 identity=identity, init=init)
+                 best, FitOptions(options.epochs, options.device, resume=options.resume), meta,
+                 desc=DISCRIMINATIVE_STAGE, identity=identity, init=init)
     threshold = float(result.history[result.best_epoch - 1]["threshold"])
     publish(best, out, thresholds={"lesion": threshold})
     return {**summary(result, "dice", out), "threshold": threshold, "head": head, "initialised_from": pretrained_from,
