@@ -8,15 +8,14 @@ import torch
 from scipy import ndimage
 
 from mammolabel.training.checkpoint import save_checkpoint
+from mammolabel.methods.tardy.inference import parse_threshold
+from mammolabel.methods.tardy.options import DiscriminativeOptions, PretrainOptions
 from mammolabel.methods.tardy.training import (
     PRETRAIN_STAGE,
+    fresh_network,
     initialise_backbone,
     load_pretrained,
-    parse_features,
-    parse_size,
-    parse_threshold,
     resolve_pretrained,
-    seeded,
     segmentation_loss,
 )
 from mammolabel.errors import InputError
@@ -281,16 +280,24 @@ def test_reconstruction_pair_keeps_the_original_as_target_and_is_seeded():
 
 # --- option parsing ----------------------------------------------------------------------------------
 def test_options_parse_or_fail_clearly(tmp_path):
-    assert parse_size("256x192") == (256, 192) and parse_size("128") == (128, 128)
-    assert parse_features("4, 8,16") == (4, 8, 16)
+    options = DiscriminativeOptions.parse({"rows": "256", "cols": "192", "width": "4", "levels": "3"})
+    assert (options.rows, options.cols) == (256, 192) and options.network().features == [4, 8, 16]
+    assert DiscriminativeOptions().features() == [16, 32, 64, 128, 256]  # the paper setting's widths
     assert parse_threshold("auto") is None and parse_threshold("0.3") == 0.3
-    for call, text, message in [
-        (parse_size, "12x", "ROWSxCOLS"), (parse_size, "axb", "ROWSxCOLS"), (parse_features, "4", "at least two"),
-        (parse_features, "4,x", "comma-separated"), (parse_threshold, "1.5", r"\(0, 1\)"),
-        (parse_threshold, "high", "'auto' or a number"),
+    assert DiscriminativeOptions.parse({"threshold": "0.3"}).threshold == 0.3
+    for values, message in [
+        ({"rows": "12x"}, "option 'rows'"), ({"cols": "axb"}, "option 'cols'"), ({"levels": "1"}, "at least two"),
+        ({"width": "4,x"}, "option 'width'"), ({"rows": "50", "levels": "3"}, "multiples of 4"),
+        ({"threshold": "1.5"}, r"\(0, 1\)"), ({"threshold": "high"}, "option 'threshold'"),
+        ({"mse_weight": "-1"}, "mse_weight"), ({"batch_size": "0"}, "batch_size"),
     ]:
         with pytest.raises(InputError, match=message):
-            call(text)
+            DiscriminativeOptions.parse(values)
+    with pytest.raises(InputError, match="must lie in"):
+        PretrainOptions.parse({"paint_prob": "1.5"})
+    for text, message in [("1.5", r"\(0, 1\)"), ("high", "'auto' or a number")]:
+        with pytest.raises(InputError, match=message):
+            parse_threshold(text)
     assert resolve_pretrained("none", tmp_path) is None and resolve_pretrained("auto", tmp_path) is None
     (tmp_path / "pretrain_reconstruction.pt").write_bytes(b"x")
     assert resolve_pretrained("auto", tmp_path) == tmp_path / "pretrain_reconstruction.pt"
@@ -300,9 +307,11 @@ def test_options_parse_or_fail_clearly(tmp_path):
 
 def test_seeded_initialisation_is_reproducible_and_leaves_the_global_generator_alone():
     before = torch.random.get_rng_state()
-    a = seeded(3, lambda: FullImageUNet(UNetConfig(**SMALL)))
-    b = seeded(3, lambda: FullImageUNet(UNetConfig(**SMALL)))
-    c = seeded(4, lambda: FullImageUNet(UNetConfig(**SMALL)))
+    a = fresh_network(UNetConfig(**SMALL), 3)
+    b = fresh_network(UNetConfig(**SMALL), 3)
+    c = fresh_network(UNetConfig(**SMALL), 4)
     assert torch.equal(torch.random.get_rng_state(), before)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert not torch.equal(a.head.weight, c.head.weight)
+    model = fresh_network(UNetConfig(**SMALL), 3, subtraction=True)
+    assert isinstance(model, DiscriminativeSegmenter) and torch.equal(model.backbone.head.weight, a.head.weight)

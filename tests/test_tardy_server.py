@@ -19,6 +19,7 @@ from mammolabel.data.labels import boxes_from_mask
 from mammolabel.data.phantoms import write_phantom_study
 from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.methods.tardy.training import THRESHOLDS, discriminative_images, pretraining_images
+from mammolabel.training.stages import last_path, stage_path
 from mammolabel.io import canonicalise, from_canonical, read_label, read_mammogram
 from mammolabel.methods.tardy.network import DiscriminativeSegmenter, UNetConfig
 from mammolabel.transforms.geometry import make_frame
@@ -26,7 +27,7 @@ from helpers import labelmap_from
 
 TASK = "discriminative_segmentation"
 SIZE = (64, 48)
-TINY = ["--set", "size=64x48", "--set", "features=4,8,16"]
+TINY = ["--set", "rows=64", "--set", "cols=48", "--set", "width=4", "--set", "levels=3"]
 
 
 def identity_checkpoint(path, threshold: float = 0.4) -> None:
@@ -115,29 +116,31 @@ def test_both_train_tasks_run_through_the_server(server, tmp_path):
     inventory = collect_labels(MammoDatastore(server.studies_dir, read_only=True))
     pre = server.model_dir / "tardy_test_pre.pt"  # checkpoints are named within the model folder
     r = requests.post(f"{server.url}/train/pretrain_reconstruction?run_sync=true",
-                      json={"epochs": 1, "size": "64x48", "features": "4,8,16", "checkpoint": pre.name}, timeout=300)
+                      json={"epochs": 1, "rows": 64, "cols": 48, "width": 4, "levels": 3, "checkpoint": pre.name},
+                      timeout=300)
     assert r.status_code == 200, r.text
     ckpt = load_checkpoint(pre)
-    assert ckpt["stage"] == "pretrain_reconstruction" and ckpt["size"] == [64, 48]
-    assert ckpt["labels"]["used"] == len(pretraining_images(inventory)[0]) > 0
+    assert ckpt["stage"] == "pretrain_reconstruction" and ckpt["frame"] == {"rows": 64, "cols": 48, "crop_breast": True}
+    assert ckpt["label_counts"]["used"] == len(pretraining_images(inventory)[0]) > 0
     assert len(ckpt["history"]) == 1 and ckpt["history"][0]["psnr"] > 0
 
     malignant_masks = len(discriminative_images(inventory)[0])
     out = server.model_dir / "tardy_test_disc.pt"
     r = requests.post(f"{server.url}/train/train_discriminative?run_sync=true",
-                      json={"epochs": 1, "size": "64x48", "pretrained": "tardy_test_pre", "checkpoint": out.name},
+                      json={"epochs": 1, "rows": 64, "cols": 48, "pretrained": "tardy_test_pre",
+                            "checkpoint": out.name},
                       timeout=300)
     if malignant_masks == 0:  # the shared server's phantoms may have no malignant mask: a clear 400
         assert r.status_code == 400 and "labels/final" in r.json()["detail"], r.text
         assert not out.exists()
     else:
         assert r.status_code == 200, r.text
-        assert Path(load_checkpoint(out)["initialised_from"]).resolve() == pre.resolve()
+        assert Path(load_checkpoint(out)["pretrained_from"]).resolve() == pre.resolve()
     for path in server.model_dir.glob("tardy_test_*"):
         path.unlink()
 
-    r = requests.post(f"{server.url}/train/train_discriminative?run_sync=true", json={"size": "12x"}, timeout=60)
-    assert r.status_code == 400 and "ROWSxCOLS" in r.json()["detail"]
+    r = requests.post(f"{server.url}/train/train_discriminative?run_sync=true", json={"rows": "12x"}, timeout=60)
+    assert r.status_code == 400 and "rows" in r.json()["detail"]
     r = requests.post(f"{server.url}/train/pretrain_reconstruction?run_sync=true", json={"epochs": "many"}, timeout=60)
     assert r.status_code == 400 and "epochs" in r.json()["detail"]
 
@@ -155,20 +158,23 @@ def test_cli_trains_both_stages_resumes_evaluates_and_infers(phantom_copy, tmp_p
     ckpt = load_checkpoint(out)
     inventory = collect_labels(MammoDatastore(phantom_copy, read_only=True))
     used = discriminative_images(inventory)[0]
-    assert ckpt["initialised_from"] == str(models / "pretrain_reconstruction.pt")  # "auto" found stage 1
-    assert ckpt["subtraction"] is True and ckpt["threshold"] in THRESHOLDS and summary["threshold"] == ckpt["threshold"]
-    assert ckpt["labels"]["used"] == len(used) > 0 and ckpt["labels"]["skipped"] == len(inventory.images) - len(used)
+    assert ckpt["pretrained_from"] == str(models / "pretrain_reconstruction.pt")  # "auto" found stage 1
+    threshold = ckpt["thresholds"]["lesion"]
+    assert ckpt["subtraction"] is True and threshold in THRESHOLDS and summary["threshold"] == threshold
+    labels = ckpt["label_counts"]
+    assert labels["used"] == len(used) > 0 and labels["skipped"] == len(inventory.images) - len(used)
     # Two malignant patients are too few to hold one out: the training images validate, and the checkpoint says so.
     assert len({r.patient_id for r in used}) == 2 and ckpt["validated_on_training_images"] is True
-    assert sorted(ckpt["val_images"]) == sorted(ckpt["train_images"]) == sorted(r.image_id for r in used)
+    assert sorted(ckpt["validation_images"]) == sorted(ckpt["run"]["train_images"]) == sorted(r.image_id for r in used)
     assert summary["epochs_run"] == 2 and summary["dice_max"] >= summary["dice_avg_last2"]
 
     assert main(["train", "train_discriminative", *studies, "--out", str(out), "--epochs", "3", "--device", "cpu",
-                 *TINY]) == 0  # resumes from <out>.last.pt: one more epoch
-    assert [h["epoch"] for h in load_checkpoint(models / f"{TASK}.last.pt")["history"]] == [1, 2, 3]
+                 *TINY]) == 0  # resumes from the stage's .last.pt: one more epoch
+    last_file = last_path(stage_path(out, "train_discriminative"))
+    assert [h["epoch"] for h in load_checkpoint(last_file)["history"]] == [1, 2, 3]
     assert main(["train", "train_discriminative", *studies, "--out", str(out), "--epochs", "3", "--device", "cpu",
                  *TINY, "--set", "no_subtraction=true"]) == 0  # another head: not resumed, trained afresh
-    last = load_checkpoint(models / f"{TASK}.last.pt")
+    last = load_checkpoint(last_file)
     assert last["subtraction"] is False and [h["epoch"] for h in last["history"]] == [1, 2, 3]
     capsys.readouterr()
 
@@ -176,13 +182,13 @@ def test_cli_trains_both_stages_resumes_evaluates_and_infers(phantom_copy, tmp_p
     assert main(["train", "train_discriminative", *studies, "--out", str(plain), "--epochs", "1", "--device", "cpu",
                  *TINY, "--set", "no_subtraction=true", "--set", "pretrained=none", "--set", "threshold=0.3"]) == 0
     ckpt = load_checkpoint(plain)
-    assert ckpt["subtraction"] is False and ckpt["initialised_from"] is None and ckpt["threshold"] == 0.3
+    assert ckpt["subtraction"] is False and ckpt["pretrained_from"] is None and ckpt["thresholds"]["lesion"] == 0.3
     capsys.readouterr()
 
     evaluate = ["evaluate", TASK, *studies, "--checkpoint", str(out), "--split", "val", "--out", str(tmp_path / "ev")]
     assert main(evaluate) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert metrics["n_images"] == len(load_checkpoint(out)["val_images"]) and metrics["dice_mean"] is not None
+    assert metrics["n_images"] == len(load_checkpoint(out)["validation_images"]) and metrics["dice_mean"] is not None
     assert 0 <= metrics["dice_mean"] <= metrics["dice_max"] <= 1
     assert list((tmp_path / "ev").glob("best_*.png")) and list((tmp_path / "ev").glob("worst_*.png"))
 
@@ -199,7 +205,7 @@ def test_cli_refuses_bad_training_requests_with_a_message(tmp_path, phantom_copy
     save_checkpoint(pre, DiscriminativeSegmenter(UNetConfig(features=[4, 8])), stage="train_discriminative")
     cases = [
         (no_malignant, [], "needs malignant images with a mask in labels/final"),
-        (phantom_copy, ["--set", "size=50x48"], "multiples of 4"),
+        (phantom_copy, ["--set", "rows=50"], "multiples of 4"),
         (phantom_copy, ["--set", "pretrained=" + str(tmp_path / "missing.pt")], "pretrained checkpoint not found"),
         (phantom_copy, ["--set", "pretrained=" + str(pre)], "not a pretrain_reconstruction checkpoint"),
         (phantom_copy, ["--set", "threshold=1.5"], "threshold must lie in"),
