@@ -107,10 +107,11 @@ class MammoInferTask(BasicInferTask):
             raise ModelNotTrainedError(self.name, self.train_task or "?", str(path))
         key = (path, os.stat(path).st_mtime_ns, str(device))
         if getattr(self, "_loaded", (None,))[0] != key:
-            ckpt = load_checkpoint(path, getattr(self, "method", None) and self.method.name)
-            network = self.build_network(ckpt)
-            network.load_state_dict(ckpt["model"])  # float16 storage is widened to the network's float32
-            self._loaded = (key, precision.channels_last(network.to(device).eval()), ckpt)
+            with torch.inference_mode(False):  # normal tensors: a method may backpropagate (saliency)
+                ckpt = load_checkpoint(path, getattr(self, "method", None) and self.method.name)
+                network = self.build_network(ckpt)
+                network.load_state_dict(ckpt["model"])  # float16 storage is widened to the network's float32
+                self._loaded = (key, precision.channels_last(network.to(device).eval()), ckpt)
         return self._loaded[1], self._loaded[2]
 
     def checkpoint_info(self) -> dict[str, Any] | None:

@@ -72,26 +72,6 @@ def exam_summary(patient_id: str, views: list[View]) -> dict[str, Any]:
     return summary
 
 
-def usable(network: torch.nn.Module) -> torch.nn.Module:
-    """``network`` with weights the saliency's backward pass may use.
-
-    Weights loaded or converted (channels_last) under ``torch.inference_mode``, as the infer task
-    loads them, are inference tensors, which autograd refuses to save; they are copied once into
-    normal tensors.
-    """
-    if not any(t.is_inference() for t in [*network.parameters(), *network.buffers()]):
-        return network
-    with torch.inference_mode(False):
-        for module in network.modules():
-            for name, p in module._parameters.items():
-                if p is not None and p.is_inference():
-                    module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
-            for name, b in module._buffers.items():
-                if b is not None and b.is_inference():
-                    module._buffers[name] = b.clone()
-    return network
-
-
 class DahlMethod(Method):
     """Malignancy risk (Holistic, Attention, Ensemble; image and examination) with a saliency labelmap.
 
@@ -128,7 +108,6 @@ class DahlMethod(Method):
 
     def predict(self, network: torch.nn.Module, checkpoint: dict[str, Any], pixels: np.ndarray,
                 meta: dict[str, Any], context: PredictContext) -> Prediction:
-        network = usable(network)
         analysis = analyse(network, pixels)
         labelmap, heatmap = saliency_maps(analysis, pixels)
         flipped, width = bool(meta.get("flipped")), pixels.shape[1]
