@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from mammolabel.tasks.activelearning import (
 )
 from mammolabel.tasks.infer import Prediction
 from mammolabel.methods.xiong.network import HybridConfig, XiongHybridNet
-from mammolabel.methods.xiong.inference import HybridSegmentationInfer
+from mammolabel.tasks import infer_tasks
 
 
 @pytest.fixture()
@@ -88,12 +89,13 @@ def small_hybrid_checkpoint(path):
     """An untrained, small hybrid_segmentation network: the scoring mechanism, not model quality, is tested."""
     torch.manual_seed(0)
     config = HybridConfig(depth=18, width=8)
-    save_checkpoint(path, XiongHybridNet(config), network=config.to_dict(),
-                    input={"rows": 128, "cols": 96, "crop_breast": True}, threshold=0.5)
+    save_checkpoint(path, XiongHybridNet(config), network=asdict(config),
+                    frame={"rows": 128, "cols": 96, "crop_breast": True}, thresholds={"lesion": 0.5})
     return path
 
 
 def test_scoring_stores_uncertainty_and_the_strategy_follows_it(weak_store, tmp_path):
+    HybridSegmentationInfer = infer_tasks()["hybrid_segmentation"]
     task = HybridSegmentationInfer(path=str(small_hybrid_checkpoint(tmp_path / "hybrid_segmentation.pt")))
     request = {"strategy": "uncertainty", "client_id": "c"}
     assert UncertaintyStrategy()(request, weak_store)["reason"].startswith("no uncertainty")

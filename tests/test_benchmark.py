@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,8 @@ def test_forward_figures_of_the_served_network(tmp_path, monkeypatch):
     config = HybridConfig(depth=18, width=4)
 
     def tiny(cls, model_dir, preset) -> None:
-        save_checkpoint(Path(model_dir) / f"{cls.name}.pt", XiongHybridNet(config), network=config.to_dict(),
-                        input={"rows": 64, "cols": 96, "crop_breast": False}, threshold=0.5)
+        save_checkpoint(Path(model_dir) / f"{cls.name}.pt", XiongHybridNet(config), network=asdict(config),
+                        frame={"rows": 64, "cols": 96, "crop_breast": False}, thresholds={"lesion": 0.5})
 
     monkeypatch.setattr(benchmark, "write_checkpoint", tiny)
     queue = Queue()

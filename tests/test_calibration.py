@@ -21,7 +21,9 @@ from mammolabel.evaluation.evaluate import evaluate, run_task
 from mammolabel.errors import InputError
 from mammolabel.tasks.breast_region import BreastRegionInfer
 from mammolabel.tasks.calibrate import calibration_tasks
-from mammolabel.methods.xiong.inference import HybridSegmentationInfer
+from mammolabel.tasks import infer_tasks
+
+HybridSegmentationInfer = infer_tasks()["hybrid_segmentation"]
 
 
 def site(path, n: int, seed: int, lesions: int) -> MammoDatastore:
@@ -85,7 +87,7 @@ def test_calibration_beats_the_raw_probability_on_held_back_images(ddp_hybrid, t
     other = tmp_path / "other" / "hybrid_segmentation.pt"
     other.parent.mkdir()
     ckpt = load_checkpoint(ddp_hybrid["out"])
-    save_checkpoint(other, ckpt.pop("model"), **{**ckpt, "threshold": 0.4})
+    save_checkpoint(other, ckpt.pop("model"), **{**ckpt, "thresholds": {"lesion": 0.4}})
     (other.parent / "hybrid_segmentation.calibration.json").write_text(json.dumps(stored))
     _, answer = run_task(HybridSegmentationInfer(path=str(other)), record.image_path)
     assert answer["calibration"]["applied"] is False and "another checkpoint" in answer["calibration"]["reason"]

@@ -21,7 +21,7 @@ from mammolabel.evaluation.evaluate import run_task
 from mammolabel.training.loop import last_path, stats_path
 from mammolabel.errors import InputError
 from mammolabel.methods.xiong.network import HybridConfig, XiongHybridNet
-from mammolabel.methods.xiong.inference import HybridSegmentationInfer, TrainHybrid
+from mammolabel.tasks import infer_tasks, train_tasks
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -67,13 +67,13 @@ def test_two_processes_train_alike_and_the_checkpoint_serves(ddp_hybrid, tmp_pat
     # Both ranks' weights after the last step, and the weights rank 0 wrote.
     digests = parallel["weights_sha256"]
     last = load_checkpoint(last_path(out))
-    net = XiongHybridNet(HybridConfig.from_dict(last["network"]))
+    net = XiongHybridNet(HybridConfig(**last["network"]))
     net.load_state_dict(last["model"])
     assert len(digests) == 2 and digests[0] == digests[1] == weights_digest(net)
     assert ddp_hybrid["stderr"].count("train_hybrid epoch 10/10:") == 1  # rank 0 alone logs
 
     # The same checkpoint schema as a single process writes.
-    single = TrainHybrid(tmp_path)
+    single = train_tasks()["train_hybrid"](tmp_path)
     options = single.options({**ddp_hybrid["options"], "device": "cpu", "epochs": 1, "steps_per_epoch": 1})
     single.train(collect_labels(MammoDatastore(ddp_hybrid["studies"], read_only=True)), options, single.path)
     alone, ddp = load_checkpoint(single.path), load_checkpoint(out)
@@ -81,7 +81,7 @@ def test_two_processes_train_alike_and_the_checkpoint_serves(ddp_hybrid, tmp_pat
     assert {k: v.shape for k, v in alone["model"].items()} == {k: v.shape for k, v in ddp["model"].items()}
 
     image = next(iter(sorted((ddp_hybrid["studies"]).glob("*.png"))))
-    labelmap, result = run_task(HybridSegmentationInfer(path=str(out)), str(image))
+    labelmap, result = run_task(infer_tasks()["hybrid_segmentation"](path=str(out)), str(image))
     assert labelmap.shape == tuple(result["image_shape"]) and 0 <= result["lesion_probability"] <= 1
 
 

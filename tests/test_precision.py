@@ -168,8 +168,8 @@ def hybrid_segmentation(film: Path, path: Path) -> dict[str, Any]:
                 + F.binary_cross_entropy_with_logits(out.background, 1 - brightest(x)))
 
     net = fit(calibrate(XiongHybridNet(config), x), loss)
-    save_checkpoint(path, net, network=config.to_dict(), input={"rows": ROWS, "cols": COLS, "crop_breast": True},
-                    threshold=0.5)
+    save_checkpoint(path, net, network=asdict(config), frame={"rows": ROWS, "cols": COLS, "crop_breast": True},
+                    thresholds={"lesion": 0.5})
     return {"threshold": ("threshold",), "uncertain_area": False}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.phantoms import write_phantom_study
 from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.methods.xiong.training import HybridDataset, HybridTrainOptions, init_encoder, plan_labels
+from mammolabel.methods.xiong.options import HybridTrainOptions
+from mammolabel.methods.xiong.training import HybridDataset, init_encoder, plan_labels
 from mammolabel.errors import InputError
 from mammolabel.methods.xiong.loss import (
     HybridLoss,
@@ -29,7 +31,10 @@ from mammolabel.methods.xiong.network import (
     SpatialPrompting,
     XiongHybridNet,
 )
-from mammolabel.methods.xiong.inference import HybridSegmentationInfer, TrainHybrid
+from mammolabel.tasks import infer_tasks, train_tasks
+
+HybridSegmentationInfer = infer_tasks()["hybrid_segmentation"]
+TrainHybrid = train_tasks()["train_hybrid"]
 
 TINY = {"rows": 64, "cols": 64, "width": 4, "depth": 18, "batch_size": 4}
 
@@ -69,7 +74,7 @@ def test_input_size_and_config_are_checked():
         HybridConfig(auxiliary=False)
     assert HybridConfig(width=16).decoder_channels == [64, 32, 16, 8, 4]
     cfg = HybridConfig(width=8, spatial_prompt=False)
-    assert HybridConfig.from_dict(cfg.to_dict()) == cfg
+    assert HybridConfig(**asdict(cfg)) == cfg
 
 
 def test_feature_disentanglement_splits_channels():
@@ -256,7 +261,7 @@ def test_label_plan_counts_every_label_once():
                                  {"rows": 100}, {"threshold": 1.0}, {"batch_size": 0}])
 def test_bad_options_are_refused(bad):
     with pytest.raises(InputError, match="train_hybrid"):
-        HybridTrainOptions(**bad)
+        HybridTrainOptions.parse(bad, "train_hybrid")
 
 
 def test_string_options_are_coerced(tmp_path):
@@ -310,8 +315,8 @@ def test_cli_train_resume_infer_evaluate(phantom_copy, tmp_path, capsys):
     assert summary["epochs_run"] == 1 and summary["labels"]["strong_masks_used"] >= 1
     assert summary["labels"]["weak_boxes_replacing_masks"] >= 1
     ckpt = load_checkpoint(out)
-    assert ckpt["network"]["width"] == 4 and ckpt["input"]["rows"] == 64 and ckpt["method"] == "xiong"
-    assert ckpt["val_images"] and set(ckpt["strong_images"]).isdisjoint(ckpt["val_images"])
+    assert ckpt["network"]["width"] == 4 and ckpt["frame"]["rows"] == 64 and ckpt["method"] == "xiong"
+    assert ckpt["validation_images"] and set(ckpt["strong_images"]).isdisjoint(ckpt["validation_images"])
 
     assert cli(_train_args(phantom_copy, out, "--epochs", "2", "--set", "strong_fraction=0.5")) == 0  # resumes
     summary = json.loads(capsys.readouterr().out)
@@ -331,7 +336,7 @@ def test_cli_train_resume_infer_evaluate(phantom_copy, tmp_path, capsys):
     assert cli(["evaluate", "hybrid_segmentation", "--checkpoint", str(out), "--studies", str(phantom_copy),
                 "--out", str(evald), "--split", "val"]) == 0
     metrics = json.loads((evald / "metrics.json").read_text())
-    assert metrics["n_images"] == len(ckpt["val_images"])
+    assert metrics["n_images"] == len(ckpt["validation_images"])
     assert metrics["n_dice"] == sum(1 for r in metrics["rows"] if "dice" in r) and "uncertain_recall_mean" in metrics
 
 
@@ -348,7 +353,7 @@ def test_benchmark_checkpoint_loads(tmp_path):
     HybridSegmentationInfer.write_benchmark_checkpoint(tmp_path)
     task = HybridSegmentationInfer(path=str(tmp_path / "hybrid_segmentation.pt"))
     net, ckpt = task.load("cpu")
-    assert ckpt["input"]["rows"] == 352 and n_params(net) == n_params(HybridSegmentationInfer.benchmark_module())
+    assert ckpt["frame"]["rows"] == 352 and n_params(net) == n_params(HybridSegmentationInfer.benchmark_module())
 
 
 def test_without_validation_masks_the_latest_epoch_is_kept(phantom_copy, tmp_path, capsys):
@@ -356,4 +361,4 @@ def test_without_validation_masks_the_latest_epoch_is_kept(phantom_copy, tmp_pat
     assert cli(_train_args(phantom_copy, out, "--epochs", "2", "--set", "val_fraction=0")) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["metric"] == "epoch_seen" and summary["best_epoch"] == 2
-    assert load_checkpoint(out)["val_images"] == []
+    assert load_checkpoint(out)["validation_images"] == []

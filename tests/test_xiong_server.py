@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import asdict
 
 import nrrd
 import numpy as np
@@ -31,8 +32,8 @@ def write_constant_checkpoint(path, lesion_logit: float, background_logit: float
         for head, value in ((net.segmentation.head, lesion_logit), (net.background.head, background_logit)):
             head.weight.zero_()
             head.bias.fill_(value)
-    save_checkpoint(path, net, network=config.to_dict(), input={"rows": 64, "cols": 64, "crop_breast": True},
-                    threshold=0.5)
+    save_checkpoint(path, net, network=asdict(config), frame={"rows": 64, "cols": 64, "crop_breast": True},
+                    thresholds={"lesion": 0.5}, schema_version=3, method="xiong")
 
 
 def read_nrrd(content: bytes) -> tuple[np.ndarray, dict]:
@@ -66,8 +67,8 @@ def test_train_through_the_server(server):
                       json={**TINY, "epochs": 1, "strong_fraction": "0.5"}, timeout=300)
     assert r.status_code == 200, r.text
     ckpt = load_checkpoint(server.model_dir / f"{TASK}.pt")
-    assert ckpt["network"]["width"] == 4 and ckpt["labels"]["strong_masks_used"] >= 1
-    assert ckpt["options"]["strong_fraction"] == 0.5 and ckpt["val_images"]
+    assert ckpt["network"]["width"] == 4 and ckpt["label_counts"]["strong_masks_used"] >= 1
+    assert ckpt["options"]["strong_fraction"] == 0.5 and ckpt["validation_images"]
 
     bad = requests.post(f"{server.url}/train/{TRAIN}?run_sync=true", json={**TINY, "mode": "weak_only"}, timeout=60)
     assert bad.status_code == 400 and "mode must be one of" in bad.json()["detail"]

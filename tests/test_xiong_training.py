@@ -14,7 +14,7 @@ from conftest import full_training
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.phantoms import write_phantom_study
 from mammolabel.training.checkpoint import load_checkpoint
-from mammolabel.methods.xiong.inference import TrainHybrid
+from mammolabel.tasks import train_tasks
 
 pytestmark = pytest.mark.training
 
@@ -29,7 +29,7 @@ def test_hybrid_training_learns_uncertain_area_and_masks(tmp_path):
     studies = tmp_path / "studies"
     write_phantom_study(studies, n=n, seed=5, dicom=False)
     inventory = collect_labels(MammoDatastore(studies, read_only=True))
-    task = TrainHybrid(tmp_path / "models")
+    task = train_tasks()["train_hybrid"](tmp_path / "models")
     options = task.options({"device": "cpu", "rows": rows, "cols": cols, "width": width, "depth": 18, "lr": lr,
                             "batch_size": 4, "steps_per_epoch": 6, "epochs": epochs, "strong_fraction": 0.3,
                             "val_fraction": 0.3, "seed": 0})

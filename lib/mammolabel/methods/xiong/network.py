@@ -22,8 +22,8 @@ decoder; the uncertainty map is area-resized to each scale; gradients flow throu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +123,7 @@ class SpatialPrompting(nn.Module):
 
 @dataclass
 class HybridConfig:
-    """Everything needed to rebuild a :class:`XiongHybridNet` (stored in checkpoints).
+    """Everything needed to rebuild a :class:`XiongHybridNet` (``asdict`` of it is a checkpoint's ``network``).
 
     Attributes:
         depth: ResNet depth of the shared encoder (34 in the paper).
@@ -152,14 +152,6 @@ class HybridConfig:
         if not self.decoder_channels:
             w = self.width
             self.decoder_channels = [4 * w, 2 * w, w, max(1, w // 2), max(1, w // 4)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> HybridConfig:
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        return cls(**{**known, "decoder_channels": list(known.get("decoder_channels") or [])})
 
 
 class XiongHybridNet(nn.Module):

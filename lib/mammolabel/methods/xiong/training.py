@@ -1,4 +1,4 @@
-"""Training of Xiong et al.'s hybrid strong/weak segmentation (train task ``train_hybrid``).
+"""Training of Xiong et al.'s hybrid strong/weak segmentation (train task ``train_hybrid``, one stage ``hybrid``).
 
 One engine for the CLI (``mammolabel train train_hybrid``) and the server (``/train/train_hybrid``):
 
@@ -12,113 +12,43 @@ One engine for the CLI (``mammolabel train train_hybrid``) and the server (``/tr
    validation images with masks picks the best checkpoint.
 3. Adam (lr 1e-4), poly decay ``lr = lr0 (1 - epoch / epochs)^0.9``, random vertical and
    horizontal flips, batch 8, total loss of Eq. 3 (:class:`~mammolabel.methods.xiong.loss.HybridLoss`).
+
+The single stage trains straight into the served checkpoint ``out`` (its latest epoch and progress
+beside it, as :func:`mammolabel.training.loop.fit` keeps them).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, RandFlipd
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from monai.data import Dataset
+from monai.transforms import Compose, EnsureTyped, RandFlipd
+from torch.utils.data import DataLoader, RandomSampler
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.dataset import MammoDataset
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
-from mammolabel.training.checkpoint import load_checkpoint
-from mammolabel.training.loop import FitOptions, discard_stale_resume, fit
 from mammolabel.errors import InputError
 from mammolabel.methods.xiong.loss import HybridLoss, reversed_box_mask
+from mammolabel.methods.xiong.network import XiongHybridNet
+from mammolabel.methods.xiong.options import HybridTrainOptions
 from mammolabel.metrics import dice
-from mammolabel.methods.xiong.network import STRIDE, HybridConfig, XiongHybridNet
+from mammolabel.training import distributed
+from mammolabel.training.checkpoint import load_checkpoint, method_fields
+from mammolabel.training.loop import FitOptions, fit
+from mammolabel.training.stages import generator, run_identity, seed_for
 
 logger = logging.getLogger("mammolabel")
 
-MODES = ("hybrid", "strong_only")
+NAME, STAGE = "xiong", "hybrid"
 STRONG, WEAK, NORMAL = "strong", "weak", "normal"
-
-
-@dataclass
-class HybridTrainOptions:
-    """Options of ``train_hybrid`` (paper values as defaults; sizes reducible for CPU runs).
-
-    Attributes:
-        epochs, device, val_fraction, seed, resume: as every train task.
-        rows, cols: network input size (352 x 352 in the paper; multiples of 32).
-        crop_breast: crop to the breast before resizing.
-        depth, width: ResNet encoder depth (34) and first-stage width (64).
-        fd, spm, pl: feature disentanglement, spatial prompting, perception loss (ablation switches).
-        mode: "hybrid" or "strong_only" (masks only, no auxiliary branch).
-        strong_fraction: share of the training lesion images that keep their mask (1 = all masks).
-        normals: also train on normal films (an empty mask, everything definite background).
-        batch_size, lr, poly_power: optimisation (8, 1e-4, 0.9).
-        steps_per_epoch: optimisation steps per epoch (0 = one pass over the training images);
-            set it to compare runs on different numbers of images with the same number of steps.
-        threshold: probability above which a pixel is lesion.
-        ppa_kernel: averaging window of the pixel-position-aware weights.
-        lesion_fraction: share of encoder channels that become lesion-related features.
-        init_encoder: a MammoLabel checkpoint whose ResNet encoder initialises ours ("" = random init).
-    """
-
-    epochs: int = 50
-    device: str = "auto"
-    val_fraction: float = 0.2
-    seed: int = 0
-    resume: bool = True
-    rows: int = 352
-    cols: int = 352
-    crop_breast: bool = True
-    depth: int = 34
-    width: int = 64
-    fd: bool = True
-    spm: bool = True
-    pl: bool = True
-    mode: str = "hybrid"
-    strong_fraction: float = 1.0
-    normals: bool = False
-    batch_size: int = 8
-    lr: float = 1e-4
-    poly_power: float = 0.9
-    steps_per_epoch: int = 0
-    threshold: float = 0.5
-    ppa_kernel: int = 31
-    lesion_fraction: float = 0.5
-    init_encoder: str = ""
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> HybridTrainOptions:
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.mode not in MODES:
-            problems.append(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not 0 < self.strong_fraction <= 1:
-            problems.append(f"strong_fraction must lie in (0, 1], got {self.strong_fraction}")
-        if self.rows < STRIDE or self.cols < STRIDE or self.rows % STRIDE or self.cols % STRIDE:
-            problems.append(f"rows and cols must be positive multiples of {STRIDE}, got {self.rows} x {self.cols}")
-        if self.batch_size < 1 or self.steps_per_epoch < 0 or self.lr <= 0:
-            problems.append("batch_size must be >= 1, steps_per_epoch >= 0 and lr > 0")
-        if not 0 < self.threshold < 1:
-            problems.append(f"threshold must lie in (0, 1), got {self.threshold}")
-        if problems:
-            raise InputError("train_hybrid: " + "; ".join(problems))
-
-    def network(self) -> HybridConfig:
-        """Network configuration implied by the options (strong_only = plain U-Net)."""
-        hybrid = self.mode == "hybrid"
-        try:
-            return HybridConfig(depth=self.depth, width=self.width, auxiliary=hybrid, disentangle=hybrid and self.fd,
-                                spatial_prompt=hybrid and self.spm, lesion_fraction=self.lesion_fraction)
-        except ValueError as e:
-            raise InputError(f"train_hybrid: {e}") from e
 
 
 @dataclass
@@ -141,7 +71,7 @@ def plan_labels(records: list[ImageLabels], options: HybridTrainOptions) -> Labe
     strong, demoted = list(masked), []
     if options.strong_fraction < 1 and masked:
         n_strong = min(len(masked), max(1, round(options.strong_fraction * lesion_images)))
-        order = np.random.default_rng([options.seed, 7]).permutation(len(masked))
+        order = np.random.default_rng(seed_for(options.seed, "strong_masks")).permutation(len(masked))
         strong = sorted(masked[i] for i in order[:n_strong])
         demoted = sorted(masked[i] for i in order[n_strong:])
     weak = sorted(boxed + demoted) if options.mode == "hybrid" else []
@@ -168,49 +98,40 @@ def plan_labels(records: list[ImageLabels], options: HybridTrainOptions) -> Labe
     return LabelPlan(roles, demoted, report)
 
 
-def _plain(value: Any) -> Any:
-    return value.as_tensor() if isinstance(value, MetaTensor) else value
-
-
 class HybridDataset(Dataset):
-    """Training items of the hybrid framework, prepared once and kept in memory.
+    """Training items of the hybrid framework, prepared once and kept in memory (a MONAI dictionary dataset).
 
     Items: ``image`` (1, h, w); ``mask`` (1, h, w) = ``y^s`` (zeros unless strong); ``background``
     (1, h, w) = reversed box mask ``y^w`` (from the box label, else from the mask's boxes; all ones
-    for a normal film); ``strong`` (scalar 0/1). With ``flips`` the three maps are flipped together.
+    for a normal film); ``strong`` (scalar 0/1). With ``flips`` the three maps are flipped together
+    (MONAI ``RandFlipd``, seeded by :meth:`reseed`).
     """
 
     KEYS = ("image", "mask", "background")
 
     def __init__(self, records: list[ImageLabels], roles: dict[str, str], size: tuple[int, int],
-                 crop_breast: bool, flips: bool = False, seed: int = 0):
+                 crop_breast: bool, flips: bool = False):
         self.base = MammoDataset(records, size, crop_breast)
-        self.items: list[dict[str, torch.Tensor]] = []
+        items = []
         for sample in self.base.samples:
             role = roles[sample.image_id]
             empty = torch.zeros_like(sample.image)
             weak_source = sample.box if sample.box is not None else sample.mask
             background = reversed_box_mask(weak_source[0].numpy() if weak_source is not None else empty[0].numpy())
-            self.items.append({
+            items.append({
                 "image": sample.image,
                 "mask": sample.mask if role == STRONG else empty,
                 "background": torch.from_numpy(background)[None],
                 "strong": torch.tensor(float(role in (STRONG, NORMAL))),
             })
-        self.transform = None
-        if flips:
-            self.transform = Compose([RandFlipd(self.KEYS, prob=0.5, spatial_axis=0),
-                                      RandFlipd(self.KEYS, prob=0.5, spatial_axis=1)])
-            self.transform.set_random_state(seed)
+        flip = Compose([RandFlipd(self.KEYS, prob=0.5, spatial_axis=0), RandFlipd(self.KEYS, prob=0.5, spatial_axis=1),
+                        EnsureTyped(self.KEYS, data_type="tensor", track_meta=False)])
+        super().__init__(items, transform=flip if flips else None)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item = dict(self.items[index])
+    def reseed(self, seed: int) -> None:
+        """Seed the flips (a no-op without them)."""
         if self.transform is not None:
-            item = {k: _plain(v) for k, v in self.transform(item).items()}
-        return item
+            self.transform.set_random_state(seed)
 
 
 def init_encoder(model: XiongHybridNet, path: str | Path) -> int:
@@ -236,15 +157,19 @@ def init_encoder(model: XiongHybridNet, path: str | Path) -> int:
     return len(best)
 
 
-def _batches(dataset: Dataset, options: HybridTrainOptions) -> tuple[Callable[[int], Iterator[dict]], int]:
-    """The epoch's batches (shuffled, or ``steps_per_epoch`` batches drawn with replacement) and their number."""
+def _batches(dataset: HybridDataset, options: HybridTrainOptions) -> tuple[Callable[[int], DataLoader], int]:
+    """The epoch's batches (shuffled, or ``steps_per_epoch`` batches drawn with replacement) and their number.
 
-    def batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(options.seed * 1000 + epoch)
+    Each epoch's order and flips are seeded by the run's seed and the epoch (the flips also by the rank, which
+    loads its own share of the batches under torchrun).
+    """
+
+    def batches(epoch: int) -> DataLoader:
+        dataset.reseed(seed_for(options.seed, "augment", epoch, distributed.rank()))
         steps = options.steps_per_epoch
-        sampler = RandomSampler(dataset, replacement=steps > 0, generator=generator,
+        sampler = RandomSampler(dataset, replacement=steps > 0, generator=generator(options.seed, "order", epoch),
                                 num_samples=steps * options.batch_size if steps else None)
-        return iter(DataLoader(dataset, batch_size=options.batch_size, sampler=sampler))
+        return DataLoader(dataset, batch_size=options.batch_size, sampler=sampler)
 
     n = options.steps_per_epoch or -(-len(dataset) // options.batch_size)
     return batches, n
@@ -272,15 +197,32 @@ def validation_metrics(model: XiongHybridNet, dataset: HybridDataset, threshold:
     return metrics
 
 
-def train_hybrid(inventory: LabelInventory, values: dict[str, Any], out: str | Path) -> dict[str, Any]:
-    """Train the hybrid network on a datastore's labels and write the best checkpoint to ``out``."""
-    options = HybridTrainOptions.from_dict(values)
+def run_of(options: HybridTrainOptions, train: list[str], val: list[str], strong: list[str], out: Path,
+           init: Path | None) -> dict[str, Any]:
+    """The run's identity (:func:`~mammolabel.training.stages.run_identity`, with the strong-mask images).
+
+    Fine-tuning the checkpoint this run writes (``init`` is ``out``, the server's ``init=auto`` once a
+    checkpoint exists) continues the run that wrote it: its starting weights are the ones that run recorded.
+    """
+    own = init is not None and out.is_file() and Path(init).resolve() == out.resolve()
+    identity = run_identity(NAME, STAGE, asdict(options.network()), options.frame(), options.to_dict(), train, val,
+                            started_from=None if own else init, strong_images=sorted(strong))
+    if own:
+        identity["started_from"] = (load_checkpoint(out).get("run") or {}).get("started_from")
+    return identity
+
+
+def train_hybrid(inventory: LabelInventory, options: HybridTrainOptions, out: Path,
+                 init: Path | None = None) -> dict[str, Any]:
+    """Train the hybrid network on a datastore's labels into ``out`` (from ``init``'s weights where they fit)."""
+    out = Path(out)
     records = [r for r in inventory.images if r.kinds]
     if not records:
         raise InputError("train_hybrid: the datastore has no labelled images")
     train, val = split_by_patient(records, options.val_fraction, options.seed)
     plan = plan_labels(train, options)
-    if not any(role == STRONG for role in plan.roles.values()):
+    strong = sorted(i for i, role in plan.roles.items() if role == STRONG)
+    if not strong:
         raise InputError("train_hybrid: no training image has a lesion mask ('final' label); "
                          "the segmentation decoder needs at least one (the rest may be boxes)")
     used = [r for r in train if r.image_id in plan.roles]
@@ -290,12 +232,12 @@ def train_hybrid(inventory: LabelInventory, values: dict[str, Any], out: str | P
     logger.info(f"train_hybrid: label usage {report}")
 
     size = (options.rows, options.cols)
-    train_set = HybridDataset(used, plan.roles, size, options.crop_breast, flips=True, seed=options.seed)
+    train_set = HybridDataset(used, plan.roles, size, options.crop_breast, flips=True)
     val_set = HybridDataset(val_masked, {r.image_id: STRONG for r in val_masked}, size, options.crop_breast)
 
-    torch.manual_seed(options.seed)
-    config = options.network()
-    model = XiongHybridNet(config)
+    torch.manual_seed(seed_for(options.seed, "weights"))
+    network = options.network()
+    model = XiongHybridNet(network)
     if options.init_encoder:
         report["encoder_tensors_initialised"] = init_encoder(model, options.init_encoder)
     loss_fn = HybridLoss(perception=options.pl, kernel_size=options.ppa_kernel)
@@ -314,22 +256,14 @@ def train_hybrid(inventory: LabelInventory, values: dict[str, Any], out: str | P
         return {"epoch_seen": float(next(epochs_seen))}  # no validation mask: keep the latest epoch
 
     batches, steps = _batches(train_set, options)
-    meta = {
-        "method": "xiong",
-        "network": config.to_dict(),
-        "input": {"rows": options.rows, "cols": options.cols, "crop_breast": options.crop_breast},
-        "threshold": options.threshold,
-        "labels": report,
-        "options": asdict(options),
-        "val_images": sorted(r.image_id for r in val),
-        "strong_images": sorted(i for i, role in plan.roles.items() if role == STRONG),
-    }
-    if options.resume:
-        discard_stale_resume(Path(out), meta, ("network", "input", "options", "strong_images", "val_images"))
+    val_ids = sorted(r.image_id for r in val)
+    meta = method_fields(NAME, asdict(network), options.frame(), options.to_dict(), STAGE,
+                         {"lesion": options.threshold}, val_ids, report, strong_images=strong)
+    identity = run_of(options, [r.image_id for r in used], val_ids, strong, out, init)
     fit_options = FitOptions(epochs=options.epochs, device=options.device, resume=options.resume)
     metric = "dice" if len(val_set) else "epoch_seen"
     result = fit(model, optimizer, batches, steps, step, validate, metric, out, fit_options, meta=meta,
-                 scheduler=scheduler, desc="train_hybrid")
+                 scheduler=scheduler, desc="train_hybrid", identity=identity, init=init)
     return {"checkpoint": result.path, "metric": metric, "best_metric": result.best_metric,
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "labels": report,
             "last": result.history[-1] if result.history else {}}
