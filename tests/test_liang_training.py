@@ -61,11 +61,11 @@ def test_train_resume_and_evaluate_from_the_command_line(phantom_copy, tmp_path,
 
     metrics = run_cli(capsys, "evaluate", "localization", "--checkpoint", str(out), "--studies", str(studies),
                       "--out", str(tmp_path / "eval"), "--split", "val")
-    assert metrics["n_images"] == len(ckpt["val_images"])
+    assert metrics["n_images"] == len(ckpt["validation_images"])
     assert metrics["n_located"] >= 1 and metrics["hit_rate"] == metrics["hit_rate_fused"]
     for key in ("hit_rate_cam", "hit_rate_self_training_block8", "hit_rate_self_training_block3", "hit_rate_any"):
         assert 0 <= metrics[key] <= 1
     assert metrics["auc"]["normal_vs_abnormal"] is not None or report["val_positive"] == report["val_images"]
     rows = json.loads((tmp_path / "eval" / "metrics.json").read_text())["rows"]
-    assert {r["image_id"] for r in rows} == set(ckpt["val_images"])
+    assert {r["image_id"] for r in rows} == set(ckpt["validation_images"])
     assert list((tmp_path / "eval").glob("best_*.png")) and list((tmp_path / "eval").glob("worst_*.png"))
