@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.dataset import prepare
@@ -71,7 +72,8 @@ def pseudo_labels(net: LiangNet, dataset: TrainingItems, round_index: int, optio
 
 
 def train_only(net: nn.Module, module: nn.Module) -> None:
-    """Let only ``module``'s parameters be trained (and take ``init`` weights, :func:`~mammolabel.training.loop.load_matching`)."""
+    """Let only ``module``'s parameters be trained: the stage's ``init`` weights go to it alone
+    (:func:`~mammolabel.training.loop.load_matching` keeps frozen modules)."""
     net.requires_grad_(False)
     module.requires_grad_(True)
 
@@ -102,9 +104,12 @@ def _classifier_stage(net: LiangNet, train: TrainingItems, val: TrainingItems, o
 
     train_only(net, net.classifier)
     optimizer = torch.optim.SGD(net.classifier.parameters(), lr=options.lr, momentum=options.momentum)
-    result = fit(net, optimizer, lambda epoch: loader(train, options.batch_size, generator(options.seed, "order", epoch)),
-                 math.ceil(len(train) / options.batch_size), step, validate, metric, out,
-                 _fit_options(options, options.epochs), meta=meta, desc="liang classifier", identity=identity, init=init)
+    def batches(epoch: int) -> DataLoader:
+        return loader(train, options.batch_size, generator(options.seed, "order", epoch))
+
+    result = fit(net, optimizer, batches, math.ceil(len(train) / options.batch_size), step, validate, metric, out,
+                 _fit_options(options, options.epochs), meta=meta, desc="liang classifier", identity=identity,
+                 init=init)
     return {"stage": "classifier", "metric": metric, **asdict(result)}
 
 
