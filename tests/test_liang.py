@@ -10,23 +10,16 @@ from PIL import Image
 
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.methods.liang.training import (
-    LiangOptions,
-    TrainingItems,
-    augment,
-    localize,
-    map_points,
-    render_labelmap,
-    train_liang,
-)
 from mammolabel.errors import InputError
 from mammolabel.io import read_label
+from mammolabel.methods.liang.data import TrainingItems, augment
+from mammolabel.methods.liang.inception import InceptionV3Features
+from mammolabel.methods.liang.localize import localize, map_points, render_labelmap
 from mammolabel.methods.liang.loss import TrimapBCELoss
 from mammolabel.methods.liang.network import (
     BACKGROUND,
     FOREGROUND,
     UNKNOWN,
-    InceptionV3Features,
     LiangConfig,
     LiangNet,
     LiangOutput,
@@ -35,7 +28,9 @@ from mammolabel.methods.liang.network import (
     region_on,
     trimap,
 )
-from mammolabel.methods.liang.inference import CamSelfTrainingTrain, LocalizationInfer
+from mammolabel.methods.liang.options import LiangOptions
+from mammolabel.methods.liang.training import train_liang
+from mammolabel.tasks import infer_tasks, train_tasks
 from mammolabel.transforms.geometry import Frame
 
 torch.set_num_threads(1)
@@ -238,16 +233,16 @@ def test_positives_enter_in_the_papers_five_versions():
 @pytest.mark.parametrize(
     "values, match",
     [({"size": 100}, "multiple of 32"), ({"positive": "benign"}, "positive"), ({"t_f": 0.05}, "t_b"),
-     ({"heat_levels": "0.5,0.3"}, "heat_levels"), ({"heat_levels": "a,b"}, "heat_levels"),
+     ({"heat_low": 0.5, "heat_mid": 0.3}, "heat_levels"), ({"heat_low": "a"}, "heat_low"),
      ({"epochs": 0}, "at least 1")],
 )
 def test_bad_options_are_clear_errors(values, match):
     with pytest.raises(InputError, match=match):
-        LiangOptions(**values)
+        LiangOptions.parse(values)
 
 
 def test_train_task_options_from_strings_and_refusals(tmp_path):
-    task = CamSelfTrainingTrain(model_dir=tmp_path)
+    task = train_tasks()["train_cam_self_training"](model_dir=tmp_path)
     opts = task.options({"size": "64", "width": "0.25", "augment_positives": "false", "t_f": "0.7", "unknown": "x"})
     assert opts["size"] == 64 and opts["width"] == 0.25 and opts["augment_positives"] is False and opts["t_f"] == 0.7
     assert "unknown" not in opts and opts["lr"] == 1e-3 and opts["momentum"] == 0.9 and opts["t_b"] == 0.1
@@ -297,9 +292,9 @@ def test_localize_and_infer_task_put_points_on_the_original_image(tmp_path):
     ckpt = tmp_path / "localization.pt"
     ckpt.write_bytes(b"stands for a checkpoint")
 
-    class Task(LocalizationInfer):
+    class Task(infer_tasks()["localization"]):
         def load(self, device="cpu"):
-            return _Identity(), {"options": vars(options)}
+            return _Identity(), {"options": options.to_dict()}
 
     label_file, result = Task(path=str(ckpt))({"image": str(tmp_path / "right.png"), "device": "cpu"})
     assert result["flipped"] is True and result["probability"] == 0.75
@@ -321,7 +316,7 @@ def test_render_labelmap_levels_and_disks():
 
 
 def test_score_hits_with_a_tolerance_scaled_to_pixel_spacing():
-    task = LocalizationInfer()
+    task = infer_tasks()["localization"]()
     record = ImageLabels("a", "a.png", "p", finding="malignant", points=[[100.0, 100.0]], radii=[10.0],
                          boxes=[[90, 90, 110, 110]])
 

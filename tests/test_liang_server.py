@@ -7,7 +7,6 @@ server trains its own.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import nrrd
 import numpy as np
@@ -18,8 +17,8 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from mammolabel.training import precision
-from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
-from mammolabel.methods.liang.training import LiangOptions
+from mammolabel.training.checkpoint import load_checkpoint, method_fields, save_checkpoint
+from mammolabel.methods.liang.options import LiangOptions
 from mammolabel.io import read_mammogram
 from mammolabel.methods.liang.network import LiangNet
 from helpers import labelmap_from
@@ -37,8 +36,8 @@ def write_small_checkpoint(model_dir, **overrides) -> None:
     with torch.no_grad():  # a few batch-norm updates, so that the maps are not flat at initialisation
         for _ in range(3):
             net(torch.rand(2, 1, 64, 64))
-    save_checkpoint(model_dir / "localization.pt", net, config=net.config.to_dict(), options=asdict(options),
-                    val_images=[])
+    save_checkpoint(model_dir / "localization.pt", net, **method_fields(
+        "liang", net.config.to_dict(), options.frame(), options.to_dict(), "self_training_block3", {}, [], {}))
 
 
 def test_without_checkpoint_the_task_names_its_train_task(server):
@@ -108,10 +107,10 @@ def test_train_over_http_writes_the_checkpoint_the_task_serves(server):
     r = requests.post(f"{server.url}/train/train_cam_self_training?run_sync=true", json=params, timeout=300)
     assert r.status_code == 200, r.text
     ckpt = load_checkpoint(path)
-    assert ckpt["options"]["size"] == 64 and ckpt["config"]["width"] == 0.125
-    assert ckpt["label_report"]["used"] == 8 and ckpt["label_report"]["needs"] == "finding"
+    assert ckpt["options"]["size"] == 64 and ckpt["network"]["width"] == 0.125
+    assert ckpt["label_counts"]["used"] == 8 and ckpt["label_counts"]["needs"] == "finding"
     assert [s["stage"] for s in ckpt["stages"]] == ["classifier", "self_training_block8", "self_training_block3"]
-    assert set(ckpt["val_images"]).isdisjoint(ckpt["train_images"]) and ckpt["val_images"]
+    assert set(ckpt["validation_images"]).isdisjoint(ckpt["train_images"]) and ckpt["validation_images"]
     result = requests.post(f"{server.url}/infer/localization?image=phantom_002&output=json", timeout=120).json()
     assert result["input_size"] == [64, 64] and 0 < result["probability"] < 1
 

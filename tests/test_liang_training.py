@@ -61,11 +61,32 @@ def test_train_resume_and_evaluate_from_the_command_line(phantom_copy, tmp_path,
 
     metrics = run_cli(capsys, "evaluate", "localization", "--checkpoint", str(out), "--studies", str(studies),
                       "--out", str(tmp_path / "eval"), "--split", "val")
-    assert metrics["n_images"] == len(ckpt["val_images"])
+    assert metrics["n_images"] == len(ckpt["validation_images"])
     assert metrics["n_located"] >= 1 and metrics["hit_rate"] == metrics["hit_rate_fused"]
     for key in ("hit_rate_cam", "hit_rate_self_training_block8", "hit_rate_self_training_block3", "hit_rate_any"):
         assert 0 <= metrics[key] <= 1
     assert metrics["auc"]["normal_vs_abnormal"] is not None or report["val_positive"] == report["val_images"]
     rows = json.loads((tmp_path / "eval" / "metrics.json").read_text())["rows"]
-    assert {r["image_id"] for r in rows} == set(ckpt["val_images"])
+    assert {r["image_id"] for r in rows} == set(ckpt["validation_images"])
     assert list((tmp_path / "eval").glob("best_*.png")) and list((tmp_path / "eval").glob("worst_*.png"))
+
+
+def test_fine_tuning_starts_every_stage_from_init_and_keeps_the_trained_classifier(phantom_copy, tmp_path, caplog):
+    """Each stage takes ``init``'s weights for the module it trains; a round never takes back init's classifier."""
+    from mammolabel.data.datastore import MammoDatastore, collect_labels
+    from mammolabel.methods.liang.network import LiangNet
+    from mammolabel.methods.liang.options import LiangOptions
+    from mammolabel.methods.liang.training import train_liang
+    from mammolabel.training.checkpoint import save_checkpoint
+    from mammolabel.training.stages import stage_path
+
+    options = LiangOptions.parse({"size": 64, "width": 0.125, "head_channels": 16, "first_channels": 8,
+                                  "shared_channels": 8, "epochs": 1, "self_training_epochs": 1, "device": "cpu"})
+    init = save_checkpoint(tmp_path / "init.pt", LiangNet(options.network_config()))
+    out = tmp_path / "model" / "localization.pt"
+    out.parent.mkdir()
+    with caplog.at_level("INFO", logger="mammolabel"):
+        train_liang(collect_labels(MammoDatastore(str(phantom_copy))), options, out, init)
+    assert sum(f"starting from {init}" in r.getMessage() for r in caplog.records) == 3
+    final, classifier = load_checkpoint(out)["model"], load_checkpoint(stage_path(out, "classifier"))["model"]
+    assert all(torch.equal(final[k], v) for k, v in classifier.items() if k.startswith("classifier."))

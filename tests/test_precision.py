@@ -114,8 +114,9 @@ def classification(film: Path, path: Path) -> dict[str, Any]:
 
 
 def localization(film: Path, path: Path) -> dict[str, Any]:
-    from mammolabel.methods.liang.training import LiangOptions
     from mammolabel.methods.liang.network import LiangNet
+    from mammolabel.methods.liang.options import LiangOptions
+    from mammolabel.training.checkpoint import method_fields
 
     options = LiangOptions(size=ROWS, width=0.25, head_channels=64, first_channels=32, shared_channels=32)
     x = network_input(film, (ROWS, ROWS))
@@ -125,7 +126,8 @@ def localization(film: Path, path: Path) -> dict[str, Any]:
         return sum(F.binary_cross_entropy(m, brightest(x, m.shape[-2:])) for m in out.self_training)
 
     net = fit(calibrate(LiangNet(options.network_config()), x), loss)
-    save_checkpoint(path, net, config=net.config.to_dict(), options=asdict(options), val_images=[])
+    save_checkpoint(path, net, **method_fields("liang", net.config.to_dict(), options.frame(), options.to_dict(),
+                                               "self_training_block3", {}, [], {}))
     return {}  # labelmap levels 0.3, 0.5, 0.7 of the min-max normalised fused map
 
 

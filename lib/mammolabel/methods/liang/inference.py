@@ -1,30 +1,30 @@
-"""Tasks ``localization`` and ``train_cam_self_training``: Liang et al.'s weakly-supervised lesion points.
+"""Liang et al. as a :class:`~mammolabel.methods.contract.Method`: infer task ``localization``, train task
+``train_cam_self_training``.
 
 The infer task answers with a labelmap (a small disk per predicted lesion point, label 1, and the
 fused heatmap in levels, labels 2-4) and a JSON result with the points and their scores in the
-image's own coordinates, the image probability and the maximum of every map. Evaluation scores the
-best point of the fused map and of the CAM alone against the lesion circles and boxes.
+image's own coordinates, the image probability, the positive findings the checkpoint learnt
+(``positive``, which calibration reads) and the maximum of every map. Evaluation scores the best
+point of the fused map and of the CAM alone against the lesion circles and boxes.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
-from mammolabel.training.checkpoint import save_checkpoint
-from mammolabel.methods.liang.training import LiangOptions, localize, render_labelmap, train_liang
 from mammolabel.io import points_from_canonical
-from mammolabel.metrics import point_hits
+from mammolabel.io.prediction import Prediction
+from mammolabel.methods.contract import Method, PredictContext, Trainer
+from mammolabel.methods.liang.localize import localize, render_labelmap
 from mammolabel.methods.liang.network import LiangConfig, LiangNet
-from mammolabel.tasks.infer import MammoInferTask, Prediction
-from mammolabel.tasks.train import MammoTrainTask
+from mammolabel.methods.liang.options import NAME, LiangOptions, stored_options
+from mammolabel.methods.liang.training import train_liang
+from mammolabel.metrics import point_hits
+from mammolabel.training.checkpoint import method_fields
 
 #: Labelmap values.
 LABELS = {"lesion_point": 1, "heat_low": 2, "heat_mid": 3, "heat_high": 4}
@@ -35,36 +35,38 @@ TOLERANCE_MM = 3.7
 #: Pixel spacing assumed when neither the file nor the image info gives one: the MIAS mini films' (200 um).
 FALLBACK_SPACING_MM = 0.2
 
+#: Inception width 0.25 at 256 x 256, 64-kernel head, 128-channel self-training layers (under 9 MB in float32).
+CPU_PRESET = {"size": 256, "width": 0.25, "head_channels": 64, "first_channels": 128, "shared_channels": 128,
+              "epochs": 12, "self_training_epochs": 6}
 
-class LocalizationInfer(MammoInferTask):
+
+class LiangMethod(Method):
     """Suspected lesion points and heatmap from the CAM + self-training model (image labels only)."""
 
-    name = "localization"
-    train_task = "train_cam_self_training"
+    name = NAME
+    task = "localization"
+    description = "Lesion points and heatmap (Liang et al.: CAM + recursive self-training, image labels only)"
+    labels = LABELS
+    infer_options: dict[str, Any] = {}
     rank_key = "neg_distance_px"
-
-    def __init__(self, path: str | None = None, config: dict[str, Any] | None = None):
-        super().__init__(
-            path=path,
-            labels=LABELS,
-            description="Lesion points and heatmap (Liang et al.: CAM + recursive self-training, image labels only)",
-            config=config,
-        )
+    trainers = (
+        Trainer("train_cam_self_training", "Train the CAM + self-training lesion localizer (Liang et al.) from "
+                "image-level findings", LiangOptions, CPU_PRESET, train_liang, "localization"),
+    )
 
     def build_network(self, checkpoint: dict[str, Any]) -> torch.nn.Module:
-        return LiangNet(LiangConfig.from_dict(checkpoint["config"]))
+        return LiangNet(LiangConfig(**checkpoint["network"]))
 
-    def predict(self, image: torch.Tensor, meta: dict[str, Any], data: dict[str, Any]) -> Prediction:
-        net, ckpt = self.load(data.get("device", "cpu"))
-        options = LiangOptions.from_mapping(ckpt["options"])
-        pixels = image[0].cpu().numpy()
-        found = localize(net, pixels, options, data.get("device", "cpu"))
+    def predict(self, network: torch.nn.Module, checkpoint: dict[str, Any], pixels: np.ndarray,
+                meta: dict[str, Any], context: PredictContext) -> Prediction:
+        options = stored_options(checkpoint["options"])
+        found = localize(network, pixels, options, context.device)
         heat = found.frame.to_full(found.maps["fused"])
         radius = max(2.0, 0.006 * max(pixels.shape))
         labelmap = render_labelmap(heat, found.points, options.levels(), radius)
         flipped, width = bool(meta.get("flipped")), pixels.shape[1]
         peaks = {}
-        for name, p in found.peaks.items():  # the base maps ``points`` back; these are mapped here
+        for name, p in found.peaks.items():  # the task maps ``points`` back; these are mapped here
             (x, y), = points_from_canonical([(p["x"], p["y"])], flipped, width)
             peaks[name] = {"x": x, "y": y, "score": p["score"]}
         values = {
@@ -116,42 +118,13 @@ class LocalizationInfer(MammoInferTask):
         fused = float(np.mean([r["hit"] for r in located])) if located else None
         return {"n_located": len(located), "hit_rate_fused": fused, **rates}
 
-    @classmethod
-    def benchmark_options(cls) -> LiangOptions:
+    def benchmark_network(self) -> torch.nn.Module:
         """The paper's configuration (832 x 832 input, full Inception-V3 width, 1024-kernel head)."""
-        return LiangOptions()
+        return LiangNet(LiangOptions().network_config())
 
-    @classmethod
-    def benchmark_module(cls) -> torch.nn.Module:
-        return LiangNet(cls.benchmark_options().network_config())
-
-    @classmethod
-    def write_benchmark_checkpoint(cls, model_dir: str | os.PathLike) -> None:
-        Path(model_dir).mkdir(parents=True, exist_ok=True)
-        options = cls.benchmark_options()
+    def benchmark_checkpoint(self) -> dict[str, Any]:
+        options = LiangOptions()
         net = LiangNet(options.network_config())
-        save_checkpoint(Path(model_dir) / "localization.pt", net, config=net.config.to_dict(),
-                        options=asdict(options), val_images=[])
-
-
-class CamSelfTrainingTrain(MammoTrainTask):
-    """Classifier, then the recursive self-training rounds, from image-level findings only."""
-
-    name = "train_cam_self_training"
-    checkpoint_name = "localization"
-    defaults = {k: v for k, v in asdict(LiangOptions()).items()
-                if k not in ("epochs", "device", "val_fraction", "seed", "resume")}  # those five come from the base
-    #: Inception width 0.25 at 256 x 256, 64-kernel head, 128-channel self-training layers (under 9 MB in float32).
-    cpu_preset = {"size": 256, "width": 0.25, "head_channels": 64, "first_channels": 128, "shared_channels": 128,
-                  "epochs": 12, "self_training_epochs": 6}
-
-    def __init__(self, model_dir: str | Path, description: str = "Train the CAM + self-training lesion localizer "
-                 "(Liang et al.) from image-level findings",
-                 defaults: dict[str, Any] | None = None, shipped: str | Path | None = None):
-        super().__init__(model_dir, description, defaults, shipped)
-
-    def check(self, options: dict[str, Any]) -> None:
-        LiangOptions.from_mapping(options)
-
-    def run(self, inventory: LabelInventory, options: dict[str, Any], out: Path) -> dict[str, Any]:
-        return train_liang(inventory, LiangOptions.from_mapping(options), out)
+        stage = f"self_training_block{net.config.taps[-1]}"
+        return {"model": net.state_dict(), **method_fields(NAME, net.config.to_dict(), options.frame(),
+                                                          options.to_dict(), stage, {}, [], {})}
