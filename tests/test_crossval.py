@@ -14,6 +14,7 @@ from mammolabel.data.phantoms import write_phantom_study
 from mammolabel.data.split import patient_folds
 from mammolabel.evaluation.crossval import crossval, fold_interval
 from mammolabel.training.checkpoint import load_checkpoint
+from mammolabel.training.stages import last_path
 
 #: A tiny hybrid network: the protocol is tested, not the model.
 TINY = {"epochs": 2, "rows": 64, "cols": 64, "width": 8, "depth": 18, "batch_size": 4}
@@ -52,13 +53,15 @@ def test_crossval_scores_every_film_out_of_fold_and_draws_the_learning_curves(st
     patient = {r.image_id: r.patient_id for r in labelled}
     for k in range(3):
         held = {patient[r["image_id"]] for r in report["rows"] if r["fold"] == k}
-        ckpt = load_checkpoint(tmp_path / "cv" / f"fold{k}" / "model" / "hybrid_segmentation.pt")
+        ckpt_path = tmp_path / "cv" / f"fold{k}" / "model" / "hybrid_segmentation.pt"
+        ckpt = load_checkpoint(ckpt_path)
         seen = set(ckpt["run"]["train_images"]) | set(ckpt["validation_images"])
         assert not held & {patient[i] for i in seen}, k  # neither training nor model selection saw the fold
-        assert len(ckpt["history"]) == TINY["epochs"]
+        assert len(load_checkpoint(last_path(ckpt_path))["history"]) == TINY["epochs"]
     assert [f["fold"] for f in report["per_fold"]] == [0, 1, 2]
     dice = report["mean_over_folds"]["dice_mean"]
-    assert dice["folds"] == 3 and dice["ci95"][0] <= dice["mean"] <= dice["ci95"][1]
+    masked_folds = {r["fold"] for r in report["rows"] if r.get("dice") is not None}
+    assert dice["folds"] == len(masked_folds) >= 2 and dice["ci95"][0] <= dice["mean"] <= dice["ci95"][1]
     assert report["out_of_fold"]["films"] == len(labelled) and "ci95" in report["out_of_fold"]["dice_mean"]
     assert (tmp_path / "cv" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "cv" / "crossval.json").read_text())
