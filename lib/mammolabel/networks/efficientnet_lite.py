@@ -71,3 +71,15 @@ def _nested(flat: dict[str, torch.Tensor], net: EfficientNet) -> dict[str, torch
             key = f"{blocks[int(index)]}.{rest}"
         mapped[key] = value
     return mapped
+
+
+class LiteClassifier(nn.Module):
+    """EfficientNet-Lite0 (ImageNet weights) with a new head of ``classes`` outputs: (B, 1, H, W) -> (B, classes)."""
+
+    def __init__(self, classes: int = 2, pretrained: bool = True):
+        super().__init__()
+        self.features = EfficientNetLite0(pretrained)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(FEATURES, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -15,6 +15,7 @@ A checkpoint is a dict of the weights (``model``) and plain values. Schema :data
 ``validation_images``  ids of the images that chose the epoch and thresholds
 ``label_counts``       the labels the training used and left aside
 ``run``                the run's identity (:func:`mammolabel.training.stages.run_identity`)
+``initial_weights``    digest of the weights the run started from (:func:`mammolabel.training.stages.initial_digest`)
 ``epoch``, ``best_epoch``, ``best_metric``, ``history``   written by the training loop
 ``train_task``, ``preset``, ``created``, ``trained_on``, ``started_from``, ``metrics``   stamped by the train task
 =====================  ==========================================================================

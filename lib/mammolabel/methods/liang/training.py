@@ -42,7 +42,7 @@ from mammolabel.metrics import auc
 from mammolabel.training.checkpoint import load_checkpoint, method_fields, save_checkpoint
 from mammolabel.training.loop import FitOptions, fit, resolve_device, to_device
 from mammolabel.training.progress import Progress
-from mammolabel.training.stages import file_digest, generator, run_identity, seed_for, stage_path
+from mammolabel.training.stages import generator, initial_digest, run_identity, seed_for, stage_path
 
 logger = logging.getLogger("mammolabel")
 
@@ -157,18 +157,6 @@ def _self_training_round(net: LiangNet, index: int, train: TrainingItems, val: T
     return {"stage": stage, "trimap": counts, **asdict(result)}
 
 
-def initial_digest(init: Path | None, out: Path) -> str | None:
-    """Digest of the weights the run starts from (its classifier stage's ``started_from``).
-
-    A run that starts from its own output (``init`` is ``out``, as the train task's ``init=auto``
-    gives once ``out`` exists) continues the run that wrote it: it started from what that one
-    started from, so that its stages resume.
-    """
-    if init is not None and out.is_file() and Path(init).resolve() == out.resolve():
-        return load_checkpoint(out).get("initial_weights")
-    return file_digest(init)
-
-
 def _load_best(net: LiangNet, path: Path) -> None:
     net.load_state_dict(load_checkpoint(path)["model"])
 
@@ -217,12 +205,13 @@ def train_liang(inventory: LabelInventory, options: LiangOptions, out: str | Pat
         return method_fields(NAME, network, frame, values, stage, {}, val_ids, report, train_images=train_ids,
                              initial_weights=start)
 
-    def identity(stage: str, started_from: Path | None) -> dict[str, Any]:
-        return run_identity(NAME, stage, network, frame, values, train_ids, val_ids, started_from=started_from)
+    def identity(stage: str, started_from: Path | None, digest: str | None = None) -> dict[str, Any]:
+        return run_identity(NAME, stage, network, frame, values, train_ids, val_ids, started_from=started_from,
+                            start_digest=digest)
 
     path = stage_path(out, "classifier")
     summary = [_classifier_stage(net, train, val, options, path, meta("classifier"),
-                                 {**identity("classifier", None), "started_from": start}, init)]
+                                 identity("classifier", None, start), init)]
     _load_best(net, path)
     for index, tap in enumerate(net.config.taps):
         stage, previous = f"self_training_block{tap}", path

@@ -43,7 +43,7 @@ from mammolabel.metrics import dice
 from mammolabel.training import distributed
 from mammolabel.training.checkpoint import load_checkpoint, method_fields
 from mammolabel.training.loop import FitOptions, fit
-from mammolabel.training.stages import generator, run_identity, seed_for
+from mammolabel.training.stages import generator, initial_digest, run_identity, seed_for
 
 logger = logging.getLogger("mammolabel")
 
@@ -197,21 +197,6 @@ def validation_metrics(model: XiongHybridNet, dataset: HybridDataset, threshold:
     return metrics
 
 
-def run_of(options: HybridTrainOptions, train: list[str], val: list[str], strong: list[str], out: Path,
-           init: Path | None) -> dict[str, Any]:
-    """The run's identity (:func:`~mammolabel.training.stages.run_identity`, with the strong-mask images).
-
-    Fine-tuning the checkpoint this run writes (``init`` is ``out``, the server's ``init=auto`` once a
-    checkpoint exists) continues the run that wrote it: its starting weights are the ones that run recorded.
-    """
-    own = init is not None and out.is_file() and Path(init).resolve() == out.resolve()
-    identity = run_identity(NAME, STAGE, asdict(options.network()), options.frame(), options.to_dict(), train, val,
-                            started_from=None if own else init, strong_images=sorted(strong))
-    if own:
-        identity["started_from"] = (load_checkpoint(out).get("run") or {}).get("started_from")
-    return identity
-
-
 def train_hybrid(inventory: LabelInventory, options: HybridTrainOptions, out: Path,
                  init: Path | None = None) -> dict[str, Any]:
     """Train the hybrid network on a datastore's labels into ``out`` (from ``init``'s weights where they fit)."""
@@ -257,9 +242,11 @@ def train_hybrid(inventory: LabelInventory, options: HybridTrainOptions, out: Pa
 
     batches, steps = _batches(train_set, options)
     val_ids = sorted(r.image_id for r in val)
+    start = initial_digest(init, out)
     meta = method_fields(NAME, asdict(network), options.frame(), options.to_dict(), STAGE,
-                         {"lesion": options.threshold}, val_ids, report, strong_images=strong)
-    identity = run_of(options, [r.image_id for r in used], val_ids, strong, out, init)
+                         {"lesion": options.threshold}, val_ids, report, strong_images=strong, initial_weights=start)
+    identity = run_identity(NAME, STAGE, asdict(network), options.frame(), options.to_dict(),
+                            [r.image_id for r in used], val_ids, start_digest=start, strong_images=sorted(strong))
     fit_options = FitOptions(epochs=options.epochs, device=options.device, resume=options.resume)
     metric = "dice" if len(val_set) else "epoch_seen"
     result = fit(model, optimizer, batches, steps, step, validate, metric, out, fit_options, meta=meta,
