@@ -58,6 +58,17 @@ def prepare(record: ImageLabels, size: tuple[int, int], crop_breast: bool = True
     )
 
 
+def prepare_all(records: list[ImageLabels], size: tuple[int, int], crop_breast: bool = True,
+                desc: str = "prepare images") -> dict[str, Sample]:
+    """:func:`prepare` every record (with a progress log), by image id."""
+    progress = Progress(len(records), desc, every_s=15)
+    prepared = {}
+    for r in records:
+        prepared[r.image_id] = prepare(r, size, crop_breast)
+        progress.update()
+    return prepared
+
+
 class MammoDataset(Dataset):
     """Prepared samples of ``records`` (all read once, in memory) as dicts of tensors.
 
@@ -67,11 +78,7 @@ class MammoDataset(Dataset):
     """
 
     def __init__(self, records: list[ImageLabels], size: tuple[int, int], crop_breast: bool = True, transform=None):
-        progress = Progress(len(records), "prepare images", every_s=15)
-        self.samples: list[Sample] = []
-        for r in records:
-            self.samples.append(prepare(r, size, crop_breast))
-            progress.update()
+        self.samples: list[Sample] = list(prepare_all(records, size, crop_breast).values())
         self.size, self.transform = tuple(size), transform
 
     def __len__(self) -> int:

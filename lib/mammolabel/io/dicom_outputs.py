@@ -300,38 +300,25 @@ def measurement_report(
         return hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=text[:64])
 
     groups: list[Any] = []
+    def region(what: str, item: dict[str, Any], graphic_type: Any, data: np.ndarray) -> Any:
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking(f"{task} {what} {_name(item)}".strip()),
+            referenced_region=hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=data,
+                                                source_image=hd.sr.SourceImageForRegion.from_source_image(source)),
+            finding_type=codes.SCT.Lesion,
+            measurements=_region_measurements(item, task) or None,
+        )
+
     for i, box in enumerate(boxes, 1):
         outline = box_outline(box["box"])
         if outline.min() < 0 or outline[:, 0].max() > cols or outline[:, 1].max() > rows:
             raise InputError(f"box {list(box['box'])} lies outside the {cols}x{rows} image")
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking(f"{task} box {i} {_name(box)}".strip()),
-                referenced_region=hd.sr.ImageRegion(
-                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                    graphic_data=outline,
-                    source_image=hd.sr.SourceImageForRegion.from_source_image(source),
-                ),
-                finding_type=codes.SCT.Lesion,
-                measurements=_region_measurements(box, task) or None,
-            )
-        )
+        groups.append(region(f"box {i}", box, hd.sr.GraphicTypeValues.POLYLINE, outline))
     for i, point in enumerate(points, 1):
         x, y = float(point["x"]) + 0.5, float(point["y"]) + 0.5
         if not (0 <= x <= cols and 0 <= y <= rows):
             raise InputError(f"point ({point['x']}, {point['y']}) lies outside the {cols}x{rows} image")
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking(f"{task} point {i} {_name(point)}".strip()),
-                referenced_region=hd.sr.ImageRegion(
-                    graphic_type=hd.sr.GraphicTypeValues.POINT,
-                    graphic_data=np.array([[x, y]]),
-                    source_image=hd.sr.SourceImageForRegion.from_source_image(source),
-                ),
-                finding_type=codes.SCT.Lesion,
-                measurements=_region_measurements(point, task) or None,
-            )
-        )
+        groups.append(region(f"point {i}", point, hd.sr.GraphicTypeValues.POINT, np.array([[x, y]])))
     image_level = _image_measurements(values, task)
     if image_level:  # last: OHIF opens an SR on its first group, which must have a region to show
         groups.append(

@@ -6,13 +6,28 @@ import torch
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck
 from torch import nn
 
-__all__ = ["LAYERS", "ResNetFeatures"]
+__all__ = ["LAYERS", "ResNetFeatures", "StagedFeatures"]
 
 #: Blocks per stage for the usual depths.
 LAYERS = {18: (ResNetBlock, [2, 2, 2, 2]), 34: (ResNetBlock, [3, 4, 6, 3]), 50: (ResNetBottleneck, [3, 4, 6, 3])}
 
 
-class ResNetFeatures(nn.Module):
+class StagedFeatures(nn.Module):
+    """A ``stem`` then ``stages``; ``forward`` returns every stage's output (subclasses build the two)."""
+
+    stem: nn.Module
+    stages: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class ResNetFeatures(StagedFeatures):
     """Greyscale ResNet returning the feature maps of its four stages (strides 4, 8, 16, 32).
 
     Args:
@@ -35,11 +50,3 @@ class ResNetFeatures(nn.Module):
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         expansion = 4 if block is ResNetBottleneck else 1
         self.channels = [c * expansion for c in (width, 2 * width, 4 * width, 8 * width)]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features

@@ -20,18 +20,11 @@ import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from mammolabel.methods.glam.network import STAGES, GlamOutput
+from mammolabel.training.reduction import reduce
 
 __all__ = ["GlamLoss", "SaliencySparsityLoss"]
 
 _EPS = 1e-6
-
-
-def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "sum":
-        return values.sum()
-    return values
 
 
 class SaliencySparsityLoss(_Loss):
@@ -52,7 +45,7 @@ class SaliencySparsityLoss(_Loss):
         if maps.ndim != 4:
             raise ValueError(f"maps must be (B, C, H, W) or (B, K, C, H, W), got {tuple(maps.shape)}")
         per_image = maps.float().abs().mean(dim=(2, 3)).sum(dim=1)
-        return _reduce(per_image, self.reduction)
+        return reduce(per_image, self.reduction)
 
 
 def _bce(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -102,4 +95,4 @@ class GlamLoss(_Loss):
             else:
                 fusion = F.binary_cross_entropy_with_logits(output.fusion_logits.float(), target, reduction="none")
                 values = fusion.sum(1) + self.global_terms(output, target) + self.local_terms(output, target)
-        return _reduce(values, self.reduction)
+        return reduce(values, self.reduction)

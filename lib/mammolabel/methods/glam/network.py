@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from monai.networks.nets.resnet import ResNetBlock
 from torch import nn
 
-from mammolabel.networks.backbones import LAYERS
+from mammolabel.networks.backbones import LAYERS, StagedFeatures
 from mammolabel.networks.pooling import top_t_pool
 from mammolabel.methods.glam.patches import crop_patches, paste_patches, select_patches
 
@@ -172,7 +172,7 @@ class GlamOutput:
         return None if self.fusion_logits is None else torch.sigmoid(self.fusion_logits)
 
 
-class ResNetTrunk(nn.Module):
+class ResNetTrunk(StagedFeatures):
     """ResNet stem (7x7 conv stride 2, batch norm, ReLU, 3x3 max pool stride 2) and residual stages.
 
     Stage i has ``blocks[i]`` MONAI basic blocks of ``width * 2**i`` channels, the first with
@@ -200,14 +200,6 @@ class ResNetTrunk(nn.Module):
             self.stages.append(nn.Sequential(*layers))
             self.channels.append(out)
             channels = out
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 class GlobalModule(nn.Module):

@@ -37,7 +37,7 @@ from monai.transforms import Compose, EnsureTyped, RandFlipd
 from torch.utils.data import DataLoader, Dataset
 
 from mammolabel.data.datastore import LabelInventory
-from mammolabel.data.dataset import Sample, prepare
+from mammolabel.data.dataset import Sample, prepare_all
 from mammolabel.data.split import split_by_patient
 from mammolabel.errors import InputError
 from mammolabel.methods.glam.loss import GlamLoss
@@ -47,7 +47,6 @@ from mammolabel.methods.glam.predict import STAGE_MAPS, STAGE_OUTPUT, stage_maps
 from mammolabel.metrics import auc
 from mammolabel.training.checkpoint import load_checkpoint, method_fields, save_checkpoint
 from mammolabel.training.loop import FitOptions, fit, resolve_device
-from mammolabel.training.progress import Progress
 from mammolabel.training.stages import generator, run_identity, seed_for, stage_path
 
 logger = logging.getLogger("mammolabel")
@@ -279,11 +278,7 @@ def train_glam(inventory: LabelInventory, options: GlamOptions, out: str | Path,
     run = STAGES if options.stage == "all" else (options.stage,)
     _previous_stage(out, run[0])  # refuses a missing previous stage before any work
     size = (options.rows, options.cols)
-    progress = Progress(len(records), "glam: prepare images", every_s=15)
-    prepared = {}
-    for r in records:
-        prepared[r.image_id] = prepare(r, size, options.crop_breast)
-        progress.update()
+    prepared = prepare_all(records, size, options.crop_breast, "glam: prepare images")
     train = GlamDataset([prepared[r.image_id] for r in train_records], augmentation() if options.augment else None)
     val = GlamDataset([prepared[r.image_id] for r in val_records])
     report.update(train_images=len(train), val_images=len(val),

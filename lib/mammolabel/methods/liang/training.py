@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mammolabel.data.datastore import LabelInventory
-from mammolabel.data.dataset import prepare
+from mammolabel.data.dataset import prepare_all
 from mammolabel.data.split import split_by_patient
 from mammolabel.errors import InputError
 from mammolabel.methods.liang.data import TrainingItems, loader
@@ -41,7 +41,6 @@ from mammolabel.methods.liang.options import NAME, POSITIVE_FINDINGS, LiangOptio
 from mammolabel.metrics import auc
 from mammolabel.training.checkpoint import load_checkpoint, method_fields, save_checkpoint
 from mammolabel.training.loop import FitOptions, fit, resolve_device, to_device
-from mammolabel.training.progress import Progress
 from mammolabel.training.stages import generator, initial_digest, run_identity, seed_for, stage_path
 
 logger = logging.getLogger("mammolabel")
@@ -183,11 +182,7 @@ def train_liang(inventory: LabelInventory, options: LiangOptions, out: str | Pat
     device = resolve_device(options.device)
     net = LiangNet(options.network_config())
     size = (options.size, options.size)
-    progress = Progress(len(records), "liang: prepare images", every_s=15)
-    prepared = {}
-    for r in records:
-        prepared[r.image_id] = prepare(r, size, options.crop_breast)
-        progress.update()
+    prepared = prepare_all(records, size, options.crop_breast, "liang: prepare images")
 
     def items(recs: list, augmented: bool) -> TrainingItems:
         return TrainingItems([prepared[r.image_id] for r in recs], [r.finding in positives for r in recs], augmented,

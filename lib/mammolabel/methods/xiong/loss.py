@@ -21,6 +21,7 @@ from torch.nn.modules.loss import _Loss
 
 from mammolabel.data.labels import box_mask, boxes_from_mask
 from mammolabel.methods.xiong.network import HybridOutput
+from mammolabel.training.reduction import reduce
 
 __all__ = ["HybridLoss", "PixelPositionAwareLoss", "UncertainAreaPerceptionLoss", "reversed_box_mask"]
 
@@ -37,14 +38,6 @@ def reversed_box_mask(weak: np.ndarray) -> np.ndarray:
 def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
     if logits.shape != target.shape or logits.ndim != 4:
         raise ValueError(f"logits and target must both be (B, C, H, W), got {tuple(logits.shape)} and {tuple(target.shape)}")
-
-
-def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "sum":
-        return values.sum()
-    return values
 
 
 class PixelPositionAwareLoss(_Loss):
@@ -85,7 +78,7 @@ class PixelPositionAwareLoss(_Loss):
         inter = (w * p * target).sum(dim=(1, 2, 3))
         union = (w * (p + target)).sum(dim=(1, 2, 3))
         weighted_iou = 1.0 - (inter + 1.0) / (union - inter + 1.0)
-        return _reduce(weighted_bce + weighted_iou, self.reduction)
+        return reduce(weighted_bce + weighted_iou, self.reduction)
 
 
 class UncertainAreaPerceptionLoss(_Loss):
@@ -112,7 +105,7 @@ class UncertainAreaPerceptionLoss(_Loss):
         loss = torch.where(has_negatives, 1.0 - tn / (tn + fp + self.eps), torch.zeros_like(tn))
         if self.reduction == "mean":
             return loss.sum() / has_negatives.sum().clamp(min=1)
-        return _reduce(loss, self.reduction)
+        return reduce(loss, self.reduction)
 
 
 class HybridLoss(torch.nn.Module):
