@@ -24,7 +24,7 @@ pytestmark = pytest.mark.server
 SAMPLE_APPS = Path(__file__).resolve().parents[1] / "sample-apps"
 APPS = {
     "screening": {"tasks": {"classification", "localization"}, "strategies": {"uncertainty", "random"},
-                  "trainers": {"train_classifier", "train_cam_self_training"}},
+                  "trainers": {"pretrain_patches", "train_classifier", "train_cam_self_training"}},
     "segmentation": {"tasks": {"hybrid_segmentation", "discriminative_segmentation"},
                      "strategies": {"weak_first", "random"},
                      "trainers": {"train_hybrid", "pretrain_reconstruction", "train_discriminative"}},

@@ -58,7 +58,7 @@ def test_info_names_the_shipped_demo_checkpoints_and_the_presets(fresh):
         checkpoint = info["models"][task]["checkpoint"]
         assert checkpoint["source"] == "shipped demo" and checkpoint["preset"] == "cpu", checkpoint
     trainers = {n: t for n, t in info["trainers"].items() if not n.startswith("calibrate_")}
-    assert len(trainers) == 6
+    assert len(trainers) == 7  # the six train tasks and pretrain_patches (an optional stage of classification)
     for name, trainer in trainers.items():
         assert set(trainer["presets"]) == {"paper", "cpu"} and trainer["config"]["preset"] == "auto", name
 

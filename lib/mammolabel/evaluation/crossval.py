@@ -103,7 +103,7 @@ def crossval(task: str, studies: str, out_dir: str | os.PathLike, folds: int = 5
                     f"ETA {format_seconds(done / (k + 1) * (folds - k - 1))}")
     report = {
         "task": task, "studies": str(studies), "folds": folds, "seed": seed, "films": len(labelled),
-        "patients": len({r.patient_id for r in labelled}), "train_tasks": stages_of(task),
+        "patients": len({r.patient_id for r in labelled}), "train_tasks": stages_of(task, options),
         "options": {k: v for k, v in trained.options.items()},
         "per_fold": per_fold,
         "mean_over_folds": {name: fold_interval([f[name] for f in per_fold]) for name in statistics(key)},

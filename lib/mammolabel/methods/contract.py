@@ -43,6 +43,8 @@ class Trainer:
         cpu_preset: the options the ``cpu`` preset changes.
         run: the training itself.
         checkpoint: file stem of the checkpoint it writes in the model folder (default: the infer task's name).
+        optional: an extra stage (e.g. a pretraining) that a from-scratch recipe runs only when asked
+            (``with=<name>``; :mod:`mammolabel.evaluation.recipes`).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Trainer:
     cpu_preset: dict[str, Any]
     run: TrainFn
     checkpoint: str = ""
+    optional: bool = False
 
 
 @dataclass

@@ -34,6 +34,8 @@ class DahlOptions(TrainOptions):
         balance: weight the cross-entropy by inverse class frequency (positives are rare).
         augment: random vertical flips, rotations (``rotate_deg``) and crops (scale and shift).
         attention_epochs: epochs of the attention stage (0: the same as ``epochs``).
+        patches: start the Holistic model from a ``pretrain_patches`` checkpoint (Shen et al.; not in the
+            paper): ``auto`` (the model folder's, when there is one), a path, or empty (none).
     """
 
     stage: str = "both"
@@ -53,6 +55,7 @@ class DahlOptions(TrainOptions):
     augment: bool = True
     rotate_deg: float = 10.0
     attention_epochs: int = 0
+    patches: str = ""
 
     def problems(self) -> list[str]:
         problems = []

@@ -36,6 +36,7 @@ from mammolabel.methods.dahl.analysis import SALIENCY_LEVELS, analyse, network_d
 from mammolabel.methods.dahl.evaluation import positive
 from mammolabel.methods.dahl.network import DahlClassifier, risk_score
 from mammolabel.methods.dahl.options import ATTENTION_ONLY, DahlOptions
+from mammolabel.methods.dahl.patches import resolve_patches
 from mammolabel.metrics import auc
 from mammolabel.training.checkpoint import load_checkpoint, method_fields
 from mammolabel.training.distributed import main_only
@@ -168,7 +169,7 @@ class Run:
 
     def stage(self, stage: str, model: DahlClassifier, trained: torch.nn.Module, images: list[torch.Tensor],
               validate: Callable[[DahlClassifier], dict[str, float]], epochs: int, network: dict[str, Any],
-              identity: dict[str, Any]) -> FitResult:
+              identity: dict[str, Any], init: Path | None = None) -> FitResult:
         """Train ``trained`` (the part of ``model`` named ``stage``) on ``images`` into the stage's file."""
         size = tuple(images[0].shape[-2:])
         transform = augmentation(self.opts, size) if self.opts.augment else None
@@ -183,7 +184,7 @@ class Run:
         optimizer = torch.optim.Adam(trained.parameters(), lr=self.opts.lr, weight_decay=self.opts.weight_decay)
         return fit(model, optimizer, batches, steps, step, validate, selection_metric(self.val_truth),
                    stage_path(self.out, stage), self.fit_options(epochs), meta=self.fields(stage, network),
-                   desc=stage, identity=identity, init=self.init)
+                   desc=stage, identity=identity, init=init or self.init)
 
 
 def train_holistic(run: Run) -> FitResult:
@@ -199,10 +200,12 @@ def train_holistic(run: Run) -> FitResult:
     def validate(model: DahlClassifier) -> dict[str, float]:
         return risk_metrics(risks_of(model.holistic, val_images, opts.batch_size), run.val_truth)
 
+    # patch pretraining (when asked) gives the starting weights, else the fine-tuned checkpoint
+    start = resolve_patches(opts.patches, run.out.parent) or run.init
     # the attention-only options do not concern this stage: changing them keeps its saved run
     identity = run.identity("holistic", {k: v for k, v in network.items() if k not in ATTENTION_ONLY},
-                            {k: v for k, v in opts.to_dict().items() if k not in ATTENTION_ONLY}, run.init)
-    return run.stage("holistic", model, model.holistic, images, validate, opts.epochs, network, identity)
+                            {k: v for k, v in opts.to_dict().items() if k not in ATTENTION_ONLY}, start)
+    return run.stage("holistic", model, model.holistic, images, validate, opts.epochs, network, identity, start)
 
 
 def roi_inputs(model: DahlClassifier, records: list[ImageLabels], desc: str) -> tuple[list[torch.Tensor], list[float]]:
