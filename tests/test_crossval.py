@@ -44,6 +44,7 @@ def test_fold_interval_is_the_t_interval_of_the_fold_means():
     half = stats.t.ppf(0.975, 2) * np.std([0.2, 0.4, 0.6], ddof=1) / np.sqrt(3)
     assert summary["mean"] == pytest.approx(0.4) and summary["ci95"] == pytest.approx([0.4 - half, 0.4 + half], abs=1e-3)
     assert fold_interval([None, 0.5]) == {"mean": 0.5, "ci95": None, "folds": 1} and fold_interval([None]) is None
+    assert fold_interval([0.0, 0.0, 0.3])["ci95"][0] == 0.0  # a rate's interval stays within [0, 1]
 
 
 def test_crossval_scores_every_film_out_of_fold_and_draws_the_learning_curves(studies, tmp_path):

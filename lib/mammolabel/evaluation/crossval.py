@@ -44,7 +44,8 @@ logger = logging.getLogger("mammolabel")
 
 
 def fold_interval(values: list[float]) -> dict[str, Any] | None:
-    """Mean over folds and its 95% t-interval (None without a value; no interval from one fold)."""
+    """Mean over folds and its 95% t-interval, within [0, 1] as every reported figure is (None without a
+    value; no interval from one fold)."""
     values = [float(v) for v in values if v is not None]
     if not values:
         return None
@@ -52,7 +53,8 @@ def fold_interval(values: list[float]) -> dict[str, Any] | None:
     if len(values) < 2:
         return {"mean": round(mean, 3), "ci95": None, "folds": 1}
     half = scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
-    return {"mean": round(mean, 3), "ci95": [round(mean - half, 3), round(mean + half, 3)], "folds": len(values)}
+    low, high = max(0.0, mean - half), min(1.0, mean + half)
+    return {"mean": round(mean, 3), "ci95": [round(low, 3), round(high, 3)], "folds": len(values)}
 
 
 def learning_runs(model_dir: Path, fold: int) -> dict[str, tuple[list[dict[str, float]], str]]:
