@@ -40,8 +40,8 @@ def test_folds_are_patient_wise_stratified_and_cover_every_film_once(studies):
 
 
 def test_fold_interval_is_the_t_interval_of_the_fold_means():
-    summary = fold_interval([0.2, 0.4, 0.6])
-    half = stats.t.ppf(0.975, 2) * np.std([0.2, 0.4, 0.6], ddof=1) / np.sqrt(3)
+    summary = fold_interval([0.3, 0.4, 0.5])
+    half = stats.t.ppf(0.975, 2) * np.std([0.3, 0.4, 0.5], ddof=1) / np.sqrt(3)
     assert summary["mean"] == pytest.approx(0.4) and summary["ci95"] == pytest.approx([0.4 - half, 0.4 + half], abs=1e-3)
     assert fold_interval([None, 0.5]) == {"mean": 0.5, "ci95": None, "folds": 1} and fold_interval([None]) is None
     assert fold_interval([0.0, 0.0, 0.3])["ci95"][0] == 0.0  # a rate's interval stays within [0, 1]
