@@ -146,7 +146,7 @@ class _ShardedBatches(Sampler[list[int]]):
 def shard(batches: Iterable[T]) -> Iterable[T]:
     """This rank's share of an epoch's batches (all of them outside a process group).
 
-    Every rank draws the same epoch (the engines seed each epoch's order) and takes every
+    Every rank draws the same epoch (the methods seed each epoch's order) and takes every
     ``world``-th batch; a DataLoader is sharded on its batch sampler, so that it loads only its share.
     """
     if not active():
