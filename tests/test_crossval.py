@@ -12,7 +12,8 @@ from mammolabel.cli import main
 from mammolabel.data.datastore import MammoDatastore, collect_labels
 from mammolabel.data.phantoms import write_phantom_study
 from mammolabel.data.split import patient_folds
-from mammolabel.evaluation.crossval import crossval, fold_interval
+from mammolabel.errors import InputError
+from mammolabel.evaluation.crossval import crossval, fold_interval, paired_difference
 from mammolabel.training.checkpoint import load_checkpoint
 from mammolabel.training.stages import last_path
 
@@ -76,3 +77,17 @@ def test_cli_refuses_too_many_folds_in_one_line(studies, tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "folds need between 2" in err
     code = main(["crossval", "breast_region", "--studies", str(studies), "--out", str(tmp_path / "cv")])
     assert code == 2 and "unknown infer task 'breast_region' with a training" in capsys.readouterr().err
+
+
+def test_paired_difference_resamples_patients_for_both_reports():
+    rng = np.random.default_rng(0)
+    rows = [{"image_id": f"i{i}", "patient_id": f"p{i // 2}", "finding": "normal" if i % 3 else "benign",
+             "score": float(rng.random()), "other": float(i % 3 == 0) + 0.1 * float(rng.random())}
+            for i in range(60)]
+    report = {"rows": rows}
+    same = paired_difference(report, report, "auc_normal_vs_abnormal")
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["patients"] == 30
+    better = paired_difference(report, report, "auc_normal_vs_abnormal", score=("other", "score"))
+    assert better["difference"] > 0.3 and better["ci95"][0] > 0  # a perfect score against a random one
+    with pytest.raises(InputError, match="share no film"):
+        paired_difference(report, {"rows": [{**rows[0], "image_id": "x"}]}, "auc_normal_vs_abnormal")

@@ -162,6 +162,17 @@ def _crossval(args: argparse.Namespace) -> dict[str, Any]:
     return {k: report[k] for k in ("task", "folds", "films", "mean_over_folds", "out_of_fold", "wall_s")}
 
 
+def _crossval_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from mammolabel.evaluation.crossval import paired_difference
+
+    reports = [json.loads(Path(p).read_text()) for p in (args.first, args.second)]
+    scores = tuple(args.scores.split(",")) if args.scores else ("score", "score")
+    if len(scores) != 2:
+        raise MammoLabelError("--scores takes two row keys, e.g. ensemble_score,holistic_score")
+    return {"first": str(args.first), "second": str(args.second), "scores": list(scores),
+            **paired_difference(*reports, args.figure, score=scores)}
+
+
 def _train_zoo(args: argparse.Namespace) -> dict[str, Any]:
     from mammolabel.evaluation.train_zoo import train_zoo
 
@@ -279,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="train option for every train task, or TRAIN_TASK.KEY=VALUE for one")
     s.set_defaults(func=_crossval)
+
+    s = sub.add_parser("crossval-compare", help="paired difference of a figure between two crossval reports")
+    s.add_argument("first", type=Path, help="crossval.json")
+    s.add_argument("second", type=Path, help="crossval.json (the same films; the same report for two models)")
+    s.add_argument("--figure", default="auc_normal_vs_abnormal",
+                   choices=("auc_normal_vs_abnormal", "auc_benign_vs_malignant", "lesions_found", "hit_rate",
+                            "dice_mean"))
+    s.add_argument("--scores", help="row keys of the two scores (default score,score), e.g. "
+                   "ensemble_score,holistic_score")
+    s.set_defaults(func=_crossval_compare)
 
     s = sub.add_parser("train-zoo", help="retrain the shipped checkpoints (models/) from scratch, with their cards")
     s.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "models")

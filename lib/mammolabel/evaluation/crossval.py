@@ -84,6 +84,7 @@ def crossval(task: str, studies: str, out_dir: str | os.PathLike, folds: int = 5
     except ValueError as e:
         raise InputError(f"crossval: {e}") from e
     options = {**(options or {}), "device": device}
+    patient_of = {r.image_id: r.patient_id for r in labelled}
     key = found_key(task)
     rows, per_fold, runs = [], [], {}
     started, load_before = time.monotonic(), os.getloadavg()
@@ -94,7 +95,7 @@ def crossval(task: str, studies: str, out_dir: str | os.PathLike, folds: int = 5
         trained = train_task_checkpoint(task, train, fold_dir / "model", options, str(studies))
         metrics = evaluate(infer_tasks()[task](path=str(trained.checkpoint)), subset(held, inventory),
                            fold_dir / "eval", device=device, n_pictures=1)
-        fold_rows = [{**r, "fold": k} for r in metrics["rows"]]
+        fold_rows = [{**r, "fold": k, "patient_id": patient_of[r["image_id"]]} for r in metrics["rows"]]
         rows += fold_rows
         figures = {name: statistic(fold_rows) for name, statistic in statistics(key).items()}
         per_fold.append({"fold": k, "train_films": len(train.images), "held_out_films": len(held),
@@ -122,3 +123,43 @@ def crossval(task: str, studies: str, out_dir: str | os.PathLike, folds: int = 5
     write_roc(out_dir, rows, f"{task} (out of fold)")
     logger.info(f"crossval {task}: {json.dumps(report['out_of_fold'])} in {format_seconds(report['wall_s'])}")
     return report
+
+
+def patients_of(report: dict[str, Any]) -> dict[str, str]:
+    """Patient of each film of a report (from its rows, else from the datastore it names)."""
+    if all("patient_id" in r for r in report["rows"]):
+        return {r["image_id"]: r["patient_id"] for r in report["rows"]}
+    return {r.image_id: r.patient_id for r in collect_labels(open_studies(report["studies"])).images}
+
+
+def paired_difference(first: dict[str, Any], second: dict[str, Any], figure: str, n: int = 1000,
+                      seed: int = 0, score: tuple[str, str] = ("score", "score")) -> dict[str, Any]:
+    """``figure`` of ``first`` minus that of ``second`` on the same films, with a paired patient-wise 95%
+    bootstrap interval (the same resampled patients for both). ``score`` names the row key each report's
+    AUC is computed from (e.g. ``("ensemble_score", "holistic_score")`` compares two models of one run)."""
+    rows_a = {r["image_id"]: r for r in first["rows"]}
+    rows_b = {r["image_id"]: r for r in second["rows"]}
+    common = sorted(set(rows_a) & set(rows_b))
+    if not common:
+        raise InputError("crossval compare: the two reports share no film")
+    patient = patients_of(first)
+
+    def value(rows: list[dict[str, Any]], key: str) -> float | None:
+        scored = [{**r, "score": r.get(key), "abnormal_score": r.get(key)} for r in rows]
+        return statistics("hit")[figure]([r for r in scored if r["score"] is not None])
+
+    def difference(ids: list[str]) -> float | None:
+        a, b = value([rows_a[i] for i in ids], score[0]), value([rows_b[i] for i in ids], score[1])
+        return None if a is None or b is None else a - b
+
+    groups: dict[str, list[str]] = {}
+    for image_id in common:
+        groups.setdefault(patient[image_id], []).append(image_id)
+    patients = list(groups)
+    rng = np.random.default_rng(seed)
+    draws = [difference([i for p in rng.choice(patients, len(patients)) for i in groups[p]]) for _ in range(n)]
+    draws = [d for d in draws if d is not None]
+    observed = difference(common)
+    interval = [round(float(x), 3) for x in np.percentile(draws, [2.5, 97.5])] if len(draws) >= n // 2 else None
+    return {"figure": figure, "difference": None if observed is None else round(observed, 3), "ci95": interval,
+            "films": len(common), "patients": len(patients)}
