@@ -180,6 +180,8 @@ def app_dir(tmp_path_factory) -> Path:
     app = tmp_path_factory.mktemp("app") / "mammography"
     shutil.copytree(APP_DIR, app, ignore=shutil.ignore_patterns("model", "logs", "bin", "__pycache__"))
     (app / "lib" / "configs" / "probe.py").write_text(PROBE_CONFIG)
+    for folder in ("model", "logs", "bin"):  # made here: two servers start from this copy at once, and
+        (app / folder).mkdir()  # MONAI Label's own check-then-create of them races
     return app
 
 

@@ -178,7 +178,7 @@ def pretrain_patches(inventory: LabelInventory, opts: PatchOptions, out: Path, i
                             [r.image_id for r in val_records], started_from=init)
     meta = method_fields("dahl", network, frame, opts.to_dict(), NAME, {}, [r.image_id for r in val_records], counts)
     optimizer = torch.optim.Adam(model.holistic.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    result = fit(model, optimizer, lambda epoch: batches(epoch), -(-len(train) // opts.batch_size), step, validate,
+    result = fit(model, optimizer, batches, -(-len(train) // opts.batch_size), step, validate,
                  "patch_auc", out, FitOptions(epochs=opts.epochs, device=opts.device, resume=opts.resume), meta=meta,
                  desc=NAME, identity=identity, init=init)
     return {"checkpoint": str(out), "patches": counts, "best_epoch": result.best_epoch,
