@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
 
 import nrrd
 import numpy as np
+import pytest
 
 
 def tree_digest(root: Path) -> str:
@@ -48,3 +51,12 @@ def archive(kind: str, members: dict[str, bytes], tar_mode: str = "w:gz") -> byt
                     info.size = len(data)
                 t.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def require_chromium() -> None:
+    """Skip a test that drives OHIF when Chromium is missing; fail instead on CI, where it must be installed."""
+    if not shutil.which("chromium"):
+        message = "Chromium is not installed (as root: scripts/orthanc.sh install --with-chromium)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; it is required when CI=true")
+        pytest.skip(message)

@@ -39,7 +39,7 @@ from mammolabel.errors import InputError, NotFoundError
 from mammolabel.io import read_dicom, read_label, write_dicom_mg, write_grey_png, write_labelmap
 from mammolabel.io import dicom_outputs as out
 from mammolabel.server_process import APP_DIR, ServerProcess
-from helpers import labelmap_from
+from helpers import labelmap_from, require_chromium
 
 pytestmark = pytest.mark.server
 
@@ -445,11 +445,7 @@ def test_every_result_is_stored_back_as_seg_heatmap_and_report(mammolabel, ortha
 
 def test_ohif_draws_the_report_over_the_mammogram(mammolabel, pacs, tmp_path):
     """The bundled OHIF, in headless Chromium, opens the study and draws the probe's SR box and point."""
-    if not shutil.which("chromium"):
-        message = "Chromium is not installed (as root: scripts/orthanc.sh install --with-chromium)"
-        if ON_CI:
-            pytest.fail(f"{message}; it is required when CI=true")
-        pytest.skip(message)
+    require_chromium()
     r = requests.post(f"{mammolabel.url}/infer/probe?image={pacs.sop['phantom_001']}&output=json", timeout=120)
     assert r.json()["dicom"]["stored"], r.text
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "ohif_screenshot.py"), "--server", mammolabel.url,

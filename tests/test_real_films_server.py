@@ -8,7 +8,6 @@ overlays the film and leaves its frame and burnt-in label alone.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -25,7 +24,8 @@ from mammolabel.io import read_mammogram
 from mammolabel.io import dicom_outputs as out
 from mammolabel.server_process import ServerProcess
 from mammolabel.tasks import infer_tasks
-from conftest import ON_CI, ROOT
+from conftest import ROOT
+from helpers import require_chromium
 from test_import import FILM, film_regions
 from test_dicomweb import assert_same_patient_and_study, orthanc, referenced_instance, retrieve  # noqa: F401
 
@@ -104,11 +104,7 @@ def test_every_infer_task_answers_on_the_film_and_stores_its_results(served, ort
 
 def test_ohif_draws_a_report_over_the_real_film(served, pacs_film, tmp_path):
     """The bundled OHIF, in headless Chromium, opens the CBIS-DDSM study and draws the hybrid task's SR."""
-    if not shutil.which("chromium"):
-        message = "Chromium is not installed (as root: scripts/orthanc.sh install --with-chromium)"
-        if ON_CI:
-            pytest.fail(f"{message}; it is required when CI=true")
-        pytest.skip(message)
+    require_chromium()
     uid = str(pacs_film.SOPInstanceUID)
     result = requests.post(f"{served.url}/infer/hybrid_segmentation?image={uid}&output=json", timeout=300).json()
     assert result["dicom"]["stored"] and result["boxes"], result
