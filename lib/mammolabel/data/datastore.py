@@ -256,6 +256,10 @@ class LabelInventory:
     counts: Counter = field(default_factory=Counter)
     datastore: Any = field(default=None, repr=False, compare=False)
 
+    def subset(self, images: list[ImageLabels]) -> LabelInventory:
+        """An inventory of ``images`` (of this one) with their own label counts and the same datastore."""
+        return LabelInventory(images, Counter(kind for r in images for kind in r.kinds), self.datastore)
+
     def select(self, needs: str) -> tuple[list[ImageLabels], dict[str, int]]:
         """Images that have a label of kind ``needs`` (finding/box/mask/point), and a usage report."""
         used = [r for r in self.images if needs in r.kinds]

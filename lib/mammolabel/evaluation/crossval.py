@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from scipy import stats as scipy_stats
 
-from mammolabel.data.datastore import LabelInventory, collect_labels
+from mammolabel.data.datastore import collect_labels
 from mammolabel.data.split import patient_folds
 from mammolabel.errors import InputError
 from mammolabel.evaluation.evaluate import evaluate, write_roc
@@ -67,10 +66,6 @@ def learning_runs(model_dir: Path, fold: int) -> dict[str, tuple[list[dict[str, 
     return runs
 
 
-def subset(images: list, inventory: LabelInventory) -> LabelInventory:
-    return LabelInventory(images, Counter(kind for r in images for kind in r.kinds), inventory.datastore)
-
-
 def crossval(task: str, studies: str, out_dir: str | os.PathLike, folds: int = 5, seed: int = 0,
              options: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:
     """Cross-validate ``task`` on the labelled films of ``studies``; write and return the report."""
@@ -90,10 +85,10 @@ def crossval(task: str, studies: str, out_dir: str | os.PathLike, folds: int = 5
     started, load_before = time.monotonic(), os.getloadavg()
     for k, held in enumerate(groups):
         held_ids = {r.image_id for r in held}
-        train = subset([r for r in labelled if r.image_id not in held_ids], inventory)
+        train = inventory.subset([r for r in labelled if r.image_id not in held_ids])
         fold_dir = out_dir / f"fold{k}"
         trained = train_task_checkpoint(task, train, fold_dir / "model", options, str(studies))
-        metrics = evaluate(infer_tasks()[task](path=str(trained.checkpoint)), subset(held, inventory),
+        metrics = evaluate(infer_tasks()[task](path=str(trained.checkpoint)), inventory.subset(held),
                            fold_dir / "eval", device=device, n_pictures=1)
         fold_rows = [{**r, "fold": k, "patient_id": patient_of[r["image_id"]]} for r in metrics["rows"]]
         rows += fold_rows

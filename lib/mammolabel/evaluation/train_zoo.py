@@ -14,14 +14,12 @@ import logging
 import os
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mammolabel.data.datastore import LabelInventory, MammoDatastore, collect_labels
-from mammolabel.data.labels import ImageLabels
 from mammolabel.data.mias import import_mias
 from mammolabel.data.phantoms import write_phantom_study
 from mammolabel.data.split import split_by_patient
@@ -57,11 +55,6 @@ KIND_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def subset(images: list[ImageLabels], of: LabelInventory) -> LabelInventory:
-    """An inventory of ``images`` (of the inventory ``of``) with their own label counts."""
-    return LabelInventory(images, Counter(kind for r in images for kind in r.kinds), of.datastore)
-
-
 def _datasets(kind: str, work: Path, mias_dir: Path) -> tuple[LabelInventory, LabelInventory, str]:
     """Training and test inventories of ``kind``, and a sentence saying what they are."""
     if kind == "demo":
@@ -77,7 +70,7 @@ def _datasets(kind: str, work: Path, mias_dir: Path) -> tuple[LabelInventory, La
     import_mias(mias_dir, work / "mias")
     everything = collect_labels(MammoDatastore(work / "mias", read_only=True))
     rest, held = split_by_patient(everything.images, 0.2, seed=1234)
-    return (subset(rest, everything), subset(held, everything),
+    return (everything.subset(rest), everything.subset(held),
             f"mini-MIAS development films: {len(rest)} for training (best epoch chosen on a patient-wise validation "
             f"split inside them), scored on {len(held)} films of held-out patients")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,13 @@ class PredictContext:
 
     device: str = "cpu"
     request: dict[str, Any] = field(default_factory=dict)
-    exam: ExamViews | None = None
     image_id: str | None = None
+    find_exam: Callable[[], ExamViews | None] = lambda: None  # looked up only when a method asks
+
+    @cached_property
+    def exam(self) -> ExamViews | None:
+        """The patient's views in the served datastore (None without one), listed on first use."""
+        return self.find_exam()
 
 
 class Method:

@@ -245,7 +245,8 @@ class MethodInferTask(MammoInferTask):
         device = run_device(data.get("device"))
         network, ckpt = self.load(device)
         image_id = data.get("image_id")
-        context = PredictContext(device=device, request=data, exam=exam_of(self.datastore, image_id), image_id=image_id)
+        context = PredictContext(device=device, request=data, image_id=image_id,
+                                 find_exam=lambda: exam_of(self.datastore, image_id))
         return self.method.predict(network, ckpt, image[0].detach().cpu().numpy(), meta, context)
 
     def score(self, record: ImageLabels, labelmap: np.ndarray, result: dict[str, Any]) -> dict[str, Any]:

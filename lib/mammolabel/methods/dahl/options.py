@@ -14,6 +14,16 @@ TARGETS = ("malignant", "abnormal")
 ATTENTION_ONLY = ("roi_size", "roi_scale", "top_fraction")
 
 
+def network_problems(backbone: str, depth: int) -> list[str]:
+    """What is wrong with a classifier's backbone and ResNet depth (train_classifier's and pretrain_patches')."""
+    problems = []
+    if backbone not in BACKBONES:
+        problems.append(f"backbone must be one of {', '.join(BACKBONES)}")
+    if depth not in DEPTHS:
+        problems.append(f"depth must be one of {', '.join(map(str, DEPTHS))}")
+    return problems
+
+
 @dataclass
 class DahlOptions(TrainOptions):
     """Options of ``train_classifier``. Defaults are the paper's setting (§4.2); reduce sizes on a CPU.
@@ -63,10 +73,7 @@ class DahlOptions(TrainOptions):
             problems.append(f"stage must be one of {', '.join(STAGES)}")
         if self.target not in TARGETS:
             problems.append(f"target must be one of {', '.join(TARGETS)}")
-        if self.backbone not in BACKBONES:
-            problems.append(f"backbone must be one of {', '.join(BACKBONES)}")
-        if self.depth not in DEPTHS:
-            problems.append(f"depth must be one of {', '.join(map(str, DEPTHS))}")
+        problems += network_problems(self.backbone, self.depth)
         if min(self.width, self.input_rows, self.input_cols, self.roi_size, self.batch_size) < 1:
             problems.append("width, input_rows, input_cols, roi_size and batch_size must be positive")
         if min(self.input_rows, self.input_cols, self.roi_size) < 32:

@@ -30,7 +30,8 @@ from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
 from mammolabel.errors import InputError
 from mammolabel.io import canonicalise, read_mammogram
-from mammolabel.methods.dahl.network import BACKBONES, DEPTHS, DahlClassifier, risk_score
+from mammolabel.methods.dahl.network import DahlClassifier, risk_score
+from mammolabel.methods.dahl.options import network_problems
 from mammolabel.metrics import auc
 from mammolabel.training.checkpoint import method_fields
 from mammolabel.training.loop import FitOptions, fit
@@ -66,11 +67,7 @@ class PatchOptions(TrainOptions):
     weight_decay: float = 1e-4
 
     def problems(self) -> list[str]:
-        problems = []
-        if self.backbone not in BACKBONES:
-            problems.append(f"backbone must be one of {', '.join(BACKBONES)}")
-        if self.depth not in DEPTHS:
-            problems.append(f"depth must be one of {', '.join(map(str, DEPTHS))}")
+        problems = network_problems(self.backbone, self.depth)
         if self.patch_size < 32 or min(self.lesion_patches, self.tissue_patches, self.batch_size, self.width) < 1:
             problems.append("patch_size must be at least 32; lesion_patches, tissue_patches, batch_size and width "
                             "at least 1")
