@@ -116,3 +116,28 @@ def test_atomic_writes_get_the_usual_permissions_and_keep_an_existing_files(tmp_
     os.chmod(tmp_path / "shared.json", 0o640)
     write_bytes_atomic(tmp_path / "shared.json", b"{}")
     assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("requested,expected", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_training_runs_under_the_requested_precision_with_channels_last_weights(tmp_path, requested, expected):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 1, 8, 8), torch.rand(8, 1)
+    seen = []
+
+    def step(m, batch):
+        out = m[0](batch[0])
+        seen.append((out.dtype, m[0].weight.is_contiguous(memory_format=torch.channels_last)))
+        return nn.functional.binary_cross_entropy_with_logits(m[2](m[1](out)).float(), batch[1])
+
+    fit(model, opt, lambda epoch: [(x, y)], 1, step, lambda m: {"m": 0.0}, "m", tmp_path / "p.pt",
+        FitOptions(epochs=1, precision=requested, log_every_s=0))
+    assert seen == [(expected, True)]
+    assert load_checkpoint(tmp_path / "p.pt")["model"]["0.weight"].dtype == torch.float32  # weights stay fp32
+
+
+def test_an_unknown_training_precision_is_refused():
+    from mammolabel.training.options import TrainOptions
+
+    with pytest.raises(InputError, match="precision must be one of auto, bf16, fp32"):
+        TrainOptions.parse({"precision": "fp8"}, "train_x")

@@ -1,6 +1,7 @@
 """The one training loop every MammoLabel method uses, from the CLI and from MONAI Label.
 
-It moves batches to the device (channels_last and bfloat16 autocast on a GPU), logs progress
+It moves batches to the device (channels_last, and bfloat16 autocast where the device computes it
+natively: :mod:`mammolabel.training.precision`), logs progress
 with an ETA, validates every epoch, keeps the best checkpoint at ``out`` and the latest at
 ``out.last.pt`` (both written atomically, with the optimizer state for resuming), and resumes
 from ``out.last.pt`` when the resume rule of :mod:`mammolabel.training.stages` allows it. A run
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mammolabel.training import distributed, tracking
+from mammolabel.training import distributed, precision, tracking
 from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.training.progress import Progress, format_seconds
 from mammolabel.io import atomic_path, remove_stale_temps
@@ -43,7 +44,7 @@ class FitOptions:
 
     epochs: int = 10
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"
     channels_last: bool = True
     resume: bool = True
     grad_clip: float = 0.0
@@ -155,9 +156,8 @@ def fit(
     names = [out.name, last_path(out).name, stats_path(out).name]
     distributed.main_only(lambda: remove_stale_temps(out.parent, names))  # temporary files a kill left
     device = resolve_device(options.device)
-    on_gpu = device.type == "cuda"
     model.to(device)
-    if on_gpu and options.channels_last:
+    if options.channels_last:
         model.to(memory_format=torch.channels_last)
     meta = {**(meta or {}), **({"run": identity} if identity is not None else {})}
     resuming = prepare_resume(out, identity, options.resume) if identity is not None else (
@@ -183,7 +183,8 @@ def fit(
         else:
             logger.warning(f"{desc}: {init} does not fit this network (another preset or size); not used")
 
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (on_gpu and options.amp) else None
+    run_precision = precision.resolve(options.precision, device)
+    logger.info(f"{desc}: {run_precision} on {device.type}{', channels_last' if options.channels_last else ''}")
     world = distributed.world_size()
     run_step = distributed.parallel_step(model, step, device)
     started = time.monotonic()
@@ -196,12 +197,9 @@ def fit(
             if epoch == start_epoch and count == 3:
                 _warn_if_long(desc, time.monotonic() - started, count,
                               -(-steps_per_epoch // world) * (options.epochs - epoch))
-            batch = to_device(batch, device, on_gpu and options.channels_last)
+            batch = to_device(batch, device, options.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            if amp is not None:
-                with amp:
-                    loss = run_step(batch)
-            else:
+            with precision.autocast(run_precision, device):
                 loss = run_step(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss is {loss.item()} at epoch {epoch + 1}; lower the learning rate")

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
 from mammolabel.errors import InputError
+from mammolabel.training.loop import FitOptions
+from mammolabel.training.precision import PRECISIONS
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 O = TypeVar("O", bound="TrainOptions")
@@ -47,6 +49,9 @@ class TrainOptions:
         val_fraction: share of the patients held out for validation (model selection).
         seed: the one seed of the run (split, initial weights, augmentation, batch order).
         resume: continue a stage from its last epoch when its saved run still fits (:mod:`.stages`).
+        precision: ``auto`` (bf16 autocast where the processor computes bf16 natively, a GPU or a CPU
+            with AVX512-BF16 or AMX; fp32 elsewhere), ``bf16`` or ``fp32``
+            (:mod:`mammolabel.training.precision`).
     """
 
     epochs: int = 10
@@ -54,6 +59,7 @@ class TrainOptions:
     val_fraction: float = 0.2
     seed: int = 0
     resume: bool = True
+    precision: str = "auto"
 
     @classmethod
     def parse(cls: type[O], values: dict[str, Any], task: str = "") -> O:
@@ -73,7 +79,14 @@ class TrainOptions:
             problems.append("epochs must be at least 1")
         if not 0 <= self.val_fraction < 1:
             problems.append("val_fraction must lie in [0, 1)")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}")
         return problems
+
+    def fit_options(self, epochs: int | None = None) -> FitOptions:
+        """The training loop's options for a stage of ``epochs`` epochs (default: ``epochs``)."""
+        return FitOptions(epochs=self.epochs if epochs is None else epochs, device=self.device, resume=self.resume,
+                          precision=self.precision)
 
     def problems(self) -> list[str]:
         """The method's own checks: one sentence per value it cannot use."""

@@ -32,7 +32,7 @@ from mammolabel.training.distributed import main_only
 logger = logging.getLogger("mammolabel")
 
 #: Options that may change between a run and its resumption (more epochs, another device...).
-RESUMABLE_OPTIONS = frozenset({"epochs", "resume", "device", "multi_gpu", "gpus", "preset", "init", "stage",
+RESUMABLE_OPTIONS = frozenset({"epochs", "resume", "device", "precision", "multi_gpu", "gpus", "preset", "init", "stage",
                                "attention_epochs", "self_training_epochs", "local_epochs", "joint_epochs"})
 
 

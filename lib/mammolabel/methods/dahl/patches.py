@@ -34,7 +34,7 @@ from mammolabel.methods.dahl.network import DahlClassifier, risk_score
 from mammolabel.methods.dahl.options import network_problems
 from mammolabel.metrics import auc
 from mammolabel.training.checkpoint import method_fields
-from mammolabel.training.loop import FitOptions, fit
+from mammolabel.training.loop import fit
 from mammolabel.training.options import TrainOptions
 from mammolabel.training.progress import Progress
 from mammolabel.training.stages import generator, run_identity, seed_for
@@ -176,7 +176,7 @@ def pretrain_patches(inventory: LabelInventory, opts: PatchOptions, out: Path, i
     meta = method_fields("dahl", network, frame, opts.to_dict(), NAME, {}, [r.image_id for r in val_records], counts)
     optimizer = torch.optim.Adam(model.holistic.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     result = fit(model, optimizer, batches, -(-len(train) // opts.batch_size), step, validate,
-                 "patch_auc", out, FitOptions(epochs=opts.epochs, device=opts.device, resume=opts.resume), meta=meta,
+                 "patch_auc", out, opts.fit_options(), meta=meta,
                  desc=NAME, identity=identity, init=init)
     return {"checkpoint": str(out), "patches": counts, "best_epoch": result.best_epoch,
             "best_patch_auc": result.best_metric}

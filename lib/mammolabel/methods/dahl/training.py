@@ -40,7 +40,7 @@ from mammolabel.methods.dahl.patches import resolve_patches
 from mammolabel.metrics import auc
 from mammolabel.training.checkpoint import load_checkpoint, method_fields
 from mammolabel.training.distributed import main_only
-from mammolabel.training.loop import FitOptions, FitResult, fit, resolve_device, write_stats
+from mammolabel.training.loop import FitResult, fit, resolve_device, write_stats
 from mammolabel.training.progress import Progress
 from mammolabel.training.stages import generator, run_identity, seed_for, stage_path
 
@@ -153,9 +153,6 @@ class Run:
         self.train_truth = [float(positive(r, opts.target)) for r in train]
         self.val_truth = [bool(positive(r, opts.target)) for r in val]
 
-    def fit_options(self, epochs: int) -> FitOptions:
-        return FitOptions(epochs=epochs, device=self.opts.device, resume=self.opts.resume)
-
     def identity(self, stage: str, network: dict[str, Any], options: dict[str, Any], started_from: Path | None
                  ) -> dict[str, Any]:
         return run_identity(METHOD, stage, network, self.opts.frame(), options, [r.image_id for r in self.train],
@@ -183,7 +180,7 @@ class Run:
 
         optimizer = torch.optim.Adam(trained.parameters(), lr=self.opts.lr, weight_decay=self.opts.weight_decay)
         return fit(model, optimizer, batches, steps, step, validate, selection_metric(self.val_truth),
-                   stage_path(self.out, stage), self.fit_options(epochs), meta=self.fields(stage, network),
+                   stage_path(self.out, stage), self.opts.fit_options(epochs), meta=self.fields(stage, network),
                    desc=stage, identity=identity, init=init or self.init)
 
 

@@ -46,7 +46,7 @@ from mammolabel.methods.glam.options import GlamOptions
 from mammolabel.methods.glam.predict import STAGE_MAPS, STAGE_OUTPUT, stage_maps, stage_predictions
 from mammolabel.metrics import auc
 from mammolabel.training.checkpoint import load_checkpoint, method_fields, save_checkpoint
-from mammolabel.training.loop import FitOptions, fit, resolve_device
+from mammolabel.training.loop import fit, resolve_device
 from mammolabel.training.stages import generator, run_identity, seed_for, stage_path
 
 logger = logging.getLogger("mammolabel")
@@ -236,7 +236,7 @@ def _run_stage(net: GlamNet, stage: str, train: GlamDataset, val: GlamDataset, o
                           generator=generator(options.seed, "order", stage, epoch))
 
     result = fit(net, optimizer, batches, math.ceil(len(train) / options.batch_size), step, validate, metric, path,
-                 FitOptions(epochs=options.stage_epochs(stage), device=options.device, resume=options.resume),
+                 options.fit_options(options.stage_epochs(stage)),
                  meta=fields, desc=f"glam {stage}", identity=identity, init=init)
     net.global_module.requires_grad_(True)
 

@@ -40,7 +40,7 @@ from mammolabel.methods.liang.network import BACKGROUND, POSITIVE, UNKNOWN, Lian
 from mammolabel.methods.liang.options import NAME, POSITIVE_FINDINGS, LiangOptions
 from mammolabel.metrics import auc
 from mammolabel.training.checkpoint import load_checkpoint, method_fields, save_checkpoint
-from mammolabel.training.loop import FitOptions, fit, resolve_device, to_device
+from mammolabel.training.loop import fit, resolve_device, to_device
 from mammolabel.training.stages import generator, initial_digest, run_identity, seed_for, stage_path
 
 logger = logging.getLogger("mammolabel")
@@ -77,10 +77,6 @@ def train_only(net: nn.Module, module: nn.Module) -> None:
     module.requires_grad_(True)
 
 
-def _fit_options(options: LiangOptions, epochs: int) -> FitOptions:
-    return FitOptions(epochs=epochs, device=options.device, resume=options.resume)
-
-
 def _classifier_stage(net: LiangNet, train: TrainingItems, val: TrainingItems, options: LiangOptions, out: Path,
                       meta: dict[str, Any], identity: dict[str, Any], init: Path | None) -> dict[str, Any]:
     """Stage 1: the classification network with softmax cross-entropy; best by validation AUC."""
@@ -107,7 +103,7 @@ def _classifier_stage(net: LiangNet, train: TrainingItems, val: TrainingItems, o
         return loader(train, options.batch_size, generator(options.seed, "order", epoch))
 
     result = fit(net, optimizer, batches, math.ceil(len(train) / options.batch_size), step, validate, metric, out,
-                 _fit_options(options, options.epochs), meta=meta, desc="liang classifier", identity=identity,
+                 options.fit_options(), meta=meta, desc="liang classifier", identity=identity,
                  init=init)
     return {"stage": "classifier", "metric": metric, **asdict(result)}
 
@@ -151,7 +147,7 @@ def _self_training_round(net: LiangNet, index: int, train: TrainingItems, val: T
     train_only(net, net.self_training[index])
     optimizer = torch.optim.SGD(net.self_training[index].parameters(), lr=options.lr, momentum=options.momentum)
     result = fit(net, optimizer, batches, math.ceil(len(train) / options.batch_size), step, validate, "val_neg_bce",
-                 out, _fit_options(options, options.self_training_epochs), meta=meta,
+                 out, options.fit_options(options.self_training_epochs), meta=meta,
                  desc=f"liang self-training block {tap}", identity=identity, init=init)
     return {"stage": stage, "trimap": counts, **asdict(result)}
 

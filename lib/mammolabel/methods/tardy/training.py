@@ -40,7 +40,7 @@ from mammolabel.methods.tardy.options import CHOOSE_ON_VALIDATION, Discriminativ
 from mammolabel.methods.tardy.transforms import reconstruction_corruption
 from mammolabel.metrics import dice
 from mammolabel.training.checkpoint import load_checkpoint, method_fields, save_checkpoint
-from mammolabel.training.loop import FitOptions, FitResult, fit, write_stats
+from mammolabel.training.loop import FitResult, fit, write_stats
 from mammolabel.training.stages import generator, run_identity, seed_for, stage_path, stats_path
 
 logger = logging.getLogger("mammolabel")
@@ -168,7 +168,7 @@ def pretrain_reconstruction(inventory: LabelInventory, options: PretrainOptions,
     best = stage_path(out, PRETRAIN_STAGE)
     optimizer = torch.optim.Adam(network.parameters(), lr=options.lr)
     result = fit(network, optimizer, batches, math.ceil(len(train_set) / options.batch_size), step, validate, "psnr",
-                 best, FitOptions(options.epochs, options.device, resume=options.resume), meta,
+                 best, options.fit_options(), meta,
                  desc=PRETRAIN_STAGE, identity=identity, init=init)
     publish(best, out)
     return {**summary(result, "psnr", out), "labels": report, "train_images": len(train), "val_images": len(val)}
@@ -278,7 +278,7 @@ def train_discriminative(inventory: LabelInventory, options: DiscriminativeOptio
     best = stage_path(out, DISCRIMINATIVE_STAGE)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     result = fit(model, optimizer, batches, math.ceil(len(train_set) / options.batch_size), step, validate, "dice",
-                 best, FitOptions(options.epochs, options.device, resume=options.resume), meta,
+                 best, options.fit_options(), meta,
                  desc=DISCRIMINATIVE_STAGE, identity=identity, init=init)
     threshold = float(result.history[result.best_epoch - 1]["threshold"])
     publish(best, out, thresholds={"lesion": threshold})

@@ -42,7 +42,7 @@ from mammolabel.methods.xiong.options import HybridTrainOptions
 from mammolabel.metrics import dice
 from mammolabel.training import distributed
 from mammolabel.training.checkpoint import load_checkpoint, method_fields
-from mammolabel.training.loop import FitOptions, fit
+from mammolabel.training.loop import fit
 from mammolabel.training.stages import generator, initial_digest, run_identity, seed_for
 
 logger = logging.getLogger("mammolabel")
@@ -247,7 +247,7 @@ def train_hybrid(inventory: LabelInventory, options: HybridTrainOptions, out: Pa
                          {"lesion": options.threshold}, val_ids, report, strong_images=strong, initial_weights=start)
     identity = run_identity(NAME, STAGE, asdict(network), options.frame(), options.to_dict(),
                             [r.image_id for r in used], val_ids, start_digest=start, strong_images=sorted(strong))
-    fit_options = FitOptions(epochs=options.epochs, device=options.device, resume=options.resume)
+    fit_options = options.fit_options()
     metric = "dice" if len(val_set) else "epoch_seen"
     result = fit(model, optimizer, batches, steps, step, validate, metric, out, fit_options, meta=meta,
                  scheduler=scheduler, desc="train_hybrid", identity=identity, init=init)
