@@ -68,6 +68,7 @@ def test_crossval_scores_every_film_out_of_fold_and_draws_the_learning_curves(st
     assert (tmp_path / "cv" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "cv" / "crossval.json").read_text())
     assert saved["command"].startswith("mammolabel crossval hybrid_segmentation") and saved["load_average"]
+    assert "--set epochs=2 --set rows=64" in saved["command"]  # the command reproduces the run
 
 
 def test_cli_refuses_too_many_folds_in_one_line(studies, tmp_path, capsys):
@@ -87,7 +88,11 @@ def test_paired_difference_resamples_patients_for_both_reports():
     report = {"rows": rows}
     same = paired_difference(report, report, "auc_normal_vs_abnormal")
     assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["patients"] == 30
-    better = paired_difference(report, report, "auc_normal_vs_abnormal", score=("other", "score"))
+    better = paired_difference(report, report, "auc_normal_vs_abnormal", keys=("other", "score"))
     assert better["difference"] > 0.3 and better["ci95"][0] > 0  # a perfect score against a random one
+    for i, row in enumerate(rows):
+        row.update(hit=i % 2 == 0, hit_cam=False, small=i < 20)
+    hits = paired_difference(report, report, "hit_rate", keys=("hit", "hit_cam"), where="small")
+    assert hits["difference"] == 0.5 and hits["films"] == 20 and hits["where"] == "small"
     with pytest.raises(InputError, match="share no film"):
         paired_difference(report, {"rows": [{**rows[0], "image_id": "x"}]}, "auc_normal_vs_abnormal")

@@ -142,6 +142,34 @@ def test_a_few_steps_reduce_the_loss_on_a_tiny_batch():
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_window_max_pooling_answers_the_most_suspicious_window_and_learns():
+    torch.manual_seed(0)
+    pooled = DahlResNet(depth=10, width=8, window=2)  # windows of 2 x 2 cells = 64 x 64 input pixels
+    average = DahlResNet(depth=10, width=8)
+    average.load_state_dict(pooled.state_dict())  # the same weights: only the pooling differs
+    pooled.eval(), average.eval()
+    patch = torch.rand(3, 1, 64, 64)
+    assert torch.allclose(pooled(patch), average(patch), atol=1e-5)  # one window: the average pooling
+    film = torch.rand(2, 1, 128, 96)
+    logits = pooled(film)
+    blocks = F.avg_pool2d(pooled.features(film), 2, stride=1).flatten(2).transpose(1, 2)
+    risks = risk_score(pooled.net.fc(blocks).transpose(1, 2))  # (B, windows)
+    assert logits.shape == (2, 2) and torch.allclose(risk_score(logits), risks.max(dim=1).values, atol=1e-5)
+
+    x, y = torch.rand(4, 1, 128, 128), torch.tensor([0, 1, 0, 1])
+    x[y == 1, :, 70:100, 10:40] += 1.0  # positives carry a bright square in one corner
+    pooled.train()
+    optimizer = torch.optim.Adam(pooled.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(pooled(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
 def test_attention_model_starts_from_the_holistic_weights():
     model = DahlClassifier(depth=10, width=4, input_size=(64, 64), roi_size=32, attention=False)
     model.init_attention()
@@ -360,6 +388,8 @@ def test_changed_options_restart_only_the_stages_they_concern(trained, phantom_d
         ({"depth": 42}, "depth must be one of"),
         ({"input_rows": 16}, "at least 32"),
         ({"top_fraction": 0.0}, "top_fraction"),
+        ({"pool": "max"}, "pool must be one of average, window_max"),
+        ({"pool": "window_max", "window": 100}, "a window that is a multiple of 32"),
         ({"val_fraction": 0.0}, "no validation images"),
     ],
 )

@@ -141,3 +141,21 @@ def test_an_unknown_training_precision_is_refused():
 
     with pytest.raises(InputError, match="precision must be one of auto, bf16, fp32"):
         TrainOptions.parse({"precision": "fp8"}, "train_x")
+
+
+def test_select_start_keeps_the_starting_weights_when_no_epoch_validates_better(tmp_path):
+    model, x, y = tiny_problem()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def validate(m):  # every later validation is worse than the first
+        calls.append(1)
+        return {"m": -float(len(calls))}
+
+    result = fit(model, torch.optim.SGD(model.parameters(), lr=0.5), lambda epoch: [(x, y)], 1,
+                 lambda m, b: nn.functional.binary_cross_entropy_with_logits(m(b[0]), b[1]), validate, "m",
+                 tmp_path / "s.pt", FitOptions(epochs=3, select_start=True, log_every_s=0))
+    assert result.best_epoch == 0 and [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    best = load_checkpoint(tmp_path / "s.pt")["model"]
+    assert all(torch.equal(best[k], start[k]) for k in start)
+    assert not torch.equal(model.state_dict()["weight"], start["weight"])  # it did train

@@ -166,11 +166,11 @@ def _crossval_compare(args: argparse.Namespace) -> dict[str, Any]:
     from mammolabel.evaluation.crossval import paired_difference
 
     reports = [json.loads(Path(p).read_text()) for p in (args.first, args.second)]
-    scores = tuple(args.scores.split(",")) if args.scores else ("score", "score")
-    if len(scores) != 2:
-        raise MammoLabelError("--scores takes two row keys, e.g. ensemble_score,holistic_score")
-    return {"first": str(args.first), "second": str(args.second), "scores": list(scores),
-            **paired_difference(*reports, args.figure, score=scores)}
+    keys = tuple(args.keys.split(",")) if args.keys else None
+    if keys is not None and len(keys) != 2:
+        raise MammoLabelError("--keys takes two row keys, e.g. ensemble_score,holistic_score")
+    return {"first": str(args.first), "second": str(args.second), **({"keys": list(keys)} if keys else {}),
+            **paired_difference(*reports, args.figure, keys=keys, where=args.where or "")}
 
 
 def _train_zoo(args: argparse.Namespace) -> dict[str, Any]:
@@ -297,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figure", default="auc_normal_vs_abnormal",
                    choices=("auc_normal_vs_abnormal", "auc_benign_vs_malignant", "lesions_found", "hit_rate",
                             "dice_mean"))
-    s.add_argument("--scores", help="row keys of the two scores (default score,score), e.g. "
-                   "ensemble_score,holistic_score")
+    s.add_argument("--keys", "--scores", help="the row keys the figure is computed from in each report (default: "
+                   "the figure's own), e.g. ensemble_score,holistic_score or hit,hit_cam")
+    s.add_argument("--where", help="only the films whose row has this key true, e.g. small")
     s.set_defaults(func=_crossval_compare)
 
     s = sub.add_parser("train-zoo", help="retrain the shipped checkpoints (models/) from scratch, with their cards")

@@ -78,6 +78,7 @@ def crossval(task: str, studies: str, out_dir: str | os.PathLike, folds: int = 5
         groups = patient_folds(labelled, folds, seed)
     except ValueError as e:
         raise InputError(f"crossval: {e}") from e
+    given = " ".join(f"--set {k}={v}" for k, v in (options or {}).items())
     options = {**(options or {}), "device": device}
     patient_of = {r.image_id: r.patient_id for r in labelled}
     key = found_key(task)
@@ -108,7 +109,7 @@ def crossval(task: str, studies: str, out_dir: str | os.PathLike, folds: int = 5
         "out_of_fold": interval_summary(rows, inventory, key),
         "wall_s": round(time.monotonic() - started, 1), "threads": torch.get_num_threads(),
         "load_average": [round(x, 2) for x in load_before + os.getloadavg()],
-        "command": f"mammolabel crossval {task} --studies {studies} --folds {folds} --seed {seed}",
+        "command": f"mammolabel crossval {task} --studies {studies} --folds {folds} --seed {seed} {given}".strip(),
         "rows": rows,
     }
     with atomic_path(out_dir / "crossval.json", suffix=".json") as tmp:
@@ -127,24 +128,36 @@ def patients_of(report: dict[str, Any]) -> dict[str, str]:
     return {r.image_id: r.patient_id for r in collect_labels(open_studies(report["studies"])).images}
 
 
+#: Row keys each compared figure is computed from (``keys`` of :func:`paired_difference` stand in for them).
+FIGURE_KEYS = {"auc_normal_vs_abnormal": ("score", "abnormal_score"), "auc_benign_vs_malignant": ("score",),
+               "lesions_found": ("hit",), "hit_rate": ("hit",), "dice_mean": ("dice",)}
+
+
 def paired_difference(first: dict[str, Any], second: dict[str, Any], figure: str, n: int = 1000,
-                      seed: int = 0, score: tuple[str, str] = ("score", "score")) -> dict[str, Any]:
+                      seed: int = 0, keys: tuple[str, str] | None = None, where: str = "") -> dict[str, Any]:
     """``figure`` of ``first`` minus that of ``second`` on the same films, with a paired patient-wise 95%
-    bootstrap interval (the same resampled patients for both). ``score`` names the row key each report's
-    AUC is computed from (e.g. ``("ensemble_score", "holistic_score")`` compares two models of one run)."""
-    rows_a = {r["image_id"]: r for r in first["rows"]}
-    rows_b = {r["image_id"]: r for r in second["rows"]}
+    bootstrap interval (the same resampled patients for both).
+
+    ``keys`` name the row key each report's figure is computed from instead of its own (:data:`FIGURE_KEYS`),
+    e.g. ``("ensemble_score", "holistic_score")`` for two models of one run or ``("hit", "hit_cam")`` for
+    two maps; ``where`` keeps only the films whose row has that key true (e.g. ``small`` lesions).
+    """
+    rows_a = {r["image_id"]: r for r in first["rows"] if not where or r.get(where)}
+    rows_b = {r["image_id"]: r for r in second["rows"] if not where or r.get(where)}
     common = sorted(set(rows_a) & set(rows_b))
     if not common:
-        raise InputError("crossval compare: the two reports share no film")
+        raise InputError(f"crossval compare: the two reports share no film{' with ' + where if where else ''}")
     patient = patients_of(first)
+    statistic = statistics("hit")[figure]
 
-    def value(rows: list[dict[str, Any]], key: str) -> float | None:
-        scored = [{**r, "score": r.get(key), "abnormal_score": r.get(key)} for r in rows]
-        return statistics("hit")[figure]([r for r in scored if r["score"] is not None])
+    def value(rows: list[dict[str, Any]], key: str | None) -> float | None:
+        if key is not None:
+            rows = [{**r, **{k: r.get(key) for k in FIGURE_KEYS[figure]}} for r in rows]
+        return statistic(rows)
 
     def difference(ids: list[str]) -> float | None:
-        a, b = value([rows_a[i] for i in ids], score[0]), value([rows_b[i] for i in ids], score[1])
+        a = value([rows_a[i] for i in ids], keys[0] if keys else None)
+        b = value([rows_b[i] for i in ids], keys[1] if keys else None)
         return None if a is None or b is None else a - b
 
     groups: dict[str, list[str]] = {}
@@ -157,4 +170,4 @@ def paired_difference(first: dict[str, Any], second: dict[str, Any], figure: str
     observed = difference(common)
     interval = [round(float(x), 3) for x in np.percentile(draws, [2.5, 97.5])] if len(draws) >= n // 2 else None
     return {"figure": figure, "difference": None if observed is None else round(observed, 3), "ci95": interval,
-            "films": len(common), "patients": len(patients)}
+            "films": len(common), "patients": len(patients), **({"where": where} if where else {})}

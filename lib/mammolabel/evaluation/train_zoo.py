@@ -3,8 +3,9 @@
 ``demo``: trained on 96 generated phantoms (seed 100), scored on the 24 phantoms ``run.sh`` serves
 (seed 0), which no training step saw. ``mias``: trained on the mini-MIAS development films less a
 held-out 20 % of the patients (patient-wise, stratified, seed 1234), on which it is scored; the best
-epoch is chosen on a validation split inside the training patients. Seeds are fixed; the ``cpu``
-preset of every train task; one training at a time.
+epoch is chosen on a validation split inside the training patients; the options are those of the
+recipe cross-validated in ``docs/results/crossval/`` (whose figures the card reports). Seeds are
+fixed; the ``cpu`` preset of every train task; one training at a time.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mammolabel.evaluation.evaluate import evaluate
 from mammolabel.training.progress import format_seconds
 from mammolabel.errors import InputError
 from mammolabel.evaluation.intervals import found_key, interval_summary
-from mammolabel.evaluation.model_card import write_card
+from mammolabel.evaluation.model_card import recipe_report, write_card
 from mammolabel.evaluation.recipes import stages_of, train_task_checkpoint
 from mammolabel.methods import methods
 from mammolabel.tasks import infer_tasks
@@ -41,18 +42,27 @@ MIAS_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "min
 FP16_ABOVE_BYTES = 9_000_000
 
 
-#: Per data kind: option changes beyond the preset (fewer epochs, so that all ten shipped checkpoints train on
-#: this 2-core machine in about an hour; the cards list every option used).
-KIND_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "demo": {"classification": {"epochs": 10}, "localization": {"epochs": 5, "self_training_epochs": 3},
-             "discriminative_segmentation": {"pretrain_reconstruction.epochs": 6, "epochs": 20},
-             "hybrid_segmentation": {"epochs": 30},
-             "glam_segmentation": {"epochs": 10, "local_epochs": 5, "joint_epochs": 3}},
-    "mias": {"classification": {"epochs": 8}, "localization": {"epochs": 6, "self_training_epochs": 3},
-             "discriminative_segmentation": {"pretrain_reconstruction.epochs": 6, "epochs": 15},
-             "hybrid_segmentation": {"epochs": 10},
-             "glam_segmentation": {"epochs": 6, "local_epochs": 3, "joint_epochs": 2}},
+#: Option changes beyond the preset for the ``demo`` checkpoints (fewer epochs, so that they train on this 2-core
+#: machine in minutes; the cards list every option used). The ``mias`` checkpoints use their cross-validated
+#: recipe (:func:`mias_recipe`).
+DEMO_OPTIONS: dict[str, dict[str, Any]] = {
+    "classification": {"epochs": 10}, "localization": {"epochs": 5, "self_training_epochs": 3},
+    "discriminative_segmentation": {"pretrain_reconstruction.epochs": 6, "epochs": 20},
+    "hybrid_segmentation": {"epochs": 30},
+    "glam_segmentation": {"epochs": 10, "local_epochs": 5, "joint_epochs": 3},
 }
+#: Options of a cross-validation report that describe its run, not its recipe.
+RUN_OPTIONS = ("device", "resume", "init", "seed")
+
+
+def mias_recipe(task: str) -> dict[str, Any]:
+    """The options of ``task``'s cross-validated recipe (its report in ``docs/results/crossval/``), as train-task
+    options: each train task's own, and ``with=`` the optional train tasks it ran."""
+    report = recipe_report(task)
+    options: dict[str, Any] = {f"{stage}.{k}": v for stage, used in report["options"].items()
+                               for k, v in used.items() if k not in RUN_OPTIONS}
+    optional = [t.name for t in methods()[task].trainers if t.optional and t.name in report["train_tasks"]]
+    return {**options, **({"with": ",".join(optional)} if optional else {})}
 
 
 def _datasets(kind: str, work: Path, mias_dir: Path) -> tuple[LabelInventory, LabelInventory, str]:
@@ -92,15 +102,16 @@ def train_one(task: str, kind: str, train: LabelInventory, test: LabelInventory,
               data_text: str) -> dict[str, Any]:
     """Train, export, score and describe one shipped checkpoint; return its record (also in ``<task>.<kind>.json``)."""
     started, load_before = time.monotonic(), os.getloadavg()
-    trained = train_task_checkpoint(task, train, work / "model" / task, KIND_OPTIONS[kind].get(task, {}))
+    options = mias_recipe(task) if kind == "mias" else DEMO_OPTIONS.get(task, {})
+    trained = train_task_checkpoint(task, train, work / "model" / task, options)
     train_s = time.monotonic() - started
-    opts = trained.options[stages_of(task)[-1]]
+    opts = trained.options[stages_of(task, options)[-1]]
     shipped = out_dir / f"{task}.{kind}.pt"
     exported = _export(trained.checkpoint, shipped)
     infer = infer_tasks()[task](path=str(shipped))
     metrics = evaluate(infer, test, work / "eval" / f"{task}.{kind}", device="cpu")
     record = {
-        "task": task, "kind": kind, "train_tasks": stages_of(task), "preset": "cpu",
+        "task": task, "kind": kind, "train_tasks": stages_of(task, options), "preset": "cpu",
         "options": {k: v for k, v in opts.items() if k not in ("device", "resume", "init")},
         "data": data_text, "labels": dict(train.counts), "train_images": len(train.images),
         "test_images": len(test.images), "train_wall_s": round(train_s, 1),

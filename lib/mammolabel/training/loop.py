@@ -45,6 +45,7 @@ class FitOptions:
     epochs: int = 10
     device: str = "auto"
     precision: str = "auto"
+    select_start: bool = False  # validate the starting weights too: model selection may keep them (epoch 0)
     channels_last: bool = True
     resume: bool = True
     grad_clip: float = 0.0
@@ -183,6 +184,10 @@ def fit(
         else:
             logger.warning(f"{desc}: {init} does not fit this network (another preset or size); not used")
 
+    have_best = resuming
+    if options.select_start and not resuming:
+        best, best_epoch, history = _validate_start(model, validate, metric, out, meta)
+        have_best = True
     run_precision = precision.resolve(options.precision, device)
     logger.info(f"{desc}: {run_precision} on {device.type}{', channels_last' if options.channels_last else ''}")
     world = distributed.world_size()
@@ -221,7 +226,8 @@ def fit(
                 metrics = {k: float(v) for k, v in validate(model).items()}
         metrics = distributed.broadcast(metrics)
         value = metrics.get(metric, -math.inf)
-        improved = value > best or best_epoch < 0
+        improved = value > best or not have_best
+        have_best = True
         if improved:
             best, best_epoch = value, epoch
         record = {"epoch": epoch + 1, "loss": total / max(1, count), **metrics}
@@ -245,3 +251,19 @@ def fit(
                           "history": history, "options": asdict(options), **meta, **(parallel if digests else {})})
 
     return FitResult(str(out), best, best_epoch + 1, len(history), history)
+
+
+def _validate_start(model: torch.nn.Module, validate: ValidateFn, metric: str, out: Path, meta: dict[str, Any]
+                    ) -> tuple[float, int, list[dict[str, float]]]:
+    """Validate the starting weights and keep them as the best so far (epoch 0 of the history)."""
+    model.eval()
+    metrics = None
+    if distributed.is_main():
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in validate(model).items()}
+    metrics = distributed.broadcast(metrics)
+    best = metrics.get(metric, -math.inf)
+    history = [{"epoch": 0, **metrics}]
+    save_checkpoint(out, model, **meta, epoch=-1, best_metric=best, best_epoch=-1, history=history)
+    logger.info(f"{out.name}: the starting weights: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return best, -1, history

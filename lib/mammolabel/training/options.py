@@ -83,10 +83,11 @@ class TrainOptions:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}")
         return problems
 
-    def fit_options(self, epochs: int | None = None) -> FitOptions:
-        """The training loop's options for a stage of ``epochs`` epochs (default: ``epochs``)."""
+    def fit_options(self, epochs: int | None = None, select_start: bool = False) -> FitOptions:
+        """The training loop's options for a stage of ``epochs`` epochs (default: ``epochs``); ``select_start``:
+        the starting weights compete in model selection (a pretrained start that fine-tuning does not improve)."""
         return FitOptions(epochs=self.epochs if epochs is None else epochs, device=self.device, resume=self.resume,
-                          precision=self.precision)
+                          precision=self.precision, select_start=select_start)
 
     def problems(self) -> list[str]:
         """The method's own checks: one sentence per value it cannot use."""

@@ -69,10 +69,18 @@ class DahlResNet(nn.Module):
         in_channels: input channels (1 for a mammogram).
 
     ``forward(x)``: (B, in_channels, H, W) -> logits (B, 2) of the (negative, positive) classes.
+    With ``window`` (in feature cells of 32 input pixels) the global average pooling is replaced by
+    the classification of every ``window`` x ``window`` block of cells (stride one cell) and the logits
+    of the most suspicious block are returned: the network slid over the image as the patch
+    classifier it was pretrained as (``pretrain_patches``), its highest patch answering (a
+    multiple-instance max; Shen et al. 2019 read whole films from a patch classifier's heatmap).
     """
 
-    def __init__(self, depth: int = 101, width: int = 64, in_channels: int = 1):
+    def __init__(self, depth: int = 101, width: int = 64, in_channels: int = 1, window: int | None = None):
         super().__init__()
+        if window is not None and window < 1:
+            raise ValueError(f"window must be a positive number of cells, got {window}")
+        self.window = window
         if depth not in DEPTHS:
             raise ValueError(f"depth must be one of {DEPTHS}, got {depth}")
         if width < 1:
@@ -90,8 +98,23 @@ class DahlResNet(nn.Module):
             num_classes=2,
         )
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map (B, 8 * width, H / 32, W / 32)."""
+        net = self.net
+        x = net.act(net.bn1(net.conv1(x)))
+        if not net.no_max_pool:
+            x = net.maxpool(x)
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if self.window is None:
+            return self.net(x)
+        cells = self.features(x)
+        size = (min(self.window, cells.shape[-2]), min(self.window, cells.shape[-1]))
+        blocks = F.avg_pool2d(cells, size, stride=1)  # each block's mean feature: (B, C, h', w')
+        logits = self.net.fc(blocks.flatten(2).transpose(1, 2))  # (B, h' * w', 2)
+        best = risk_score(logits.transpose(1, 2)).argmax(dim=1)  # (B,)
+        return logits[torch.arange(len(logits), device=logits.device), best]
 
 
 #: The classifiers a Dahl model can be built on: the paper's ResNet (from scratch) or EfficientNet-Lite0 with
@@ -99,13 +122,22 @@ class DahlResNet(nn.Module):
 BACKBONES = ("resnet", "efficientnet_lite0")
 
 
-def classifier(backbone: str, depth: int, width: int) -> nn.Module:
-    """The Holistic or Attention model on ``backbone``: (B, 1, H, W) -> logits (B, 2)."""
+#: How the Holistic model pools its feature map: the paper's global average, or the most suspicious window.
+POOLS = ("average", "window_max")
+#: Input pixels per feature cell of the ResNet.
+STRIDE = 32
+
+
+def classifier(backbone: str, depth: int, width: int, window: int | None = None) -> nn.Module:
+    """The Holistic or Attention model on ``backbone``: (B, 1, H, W) -> logits (B, 2); ``window``: see
+    :class:`DahlResNet` (ResNet only)."""
     if backbone == "efficientnet_lite0":
+        if window is not None:
+            raise ValueError("window_max pooling is implemented for the resnet backbone only")
         return LiteClassifier(classes=2)
     if backbone != "resnet":
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
-    return DahlResNet(depth, width)
+    return DahlResNet(depth, width, window=window)
 
 
 def risk_score(logits: torch.Tensor) -> torch.Tensor:
@@ -225,6 +257,8 @@ class DahlClassifier(nn.Module):
         top_fraction: fraction of most salient pixels whose centroid is the COA (the paper: 1%).
         attention: build the Attention model (False for a Holistic-only model, the first stage).
         backbone: ``resnet`` (the paper's, ``depth`` and ``width``) or ``efficientnet_lite0`` (ImageNet weights).
+        pool: the Holistic model's pooling, ``average`` (the paper's) or ``window_max`` (its most suspicious
+            ``window`` x ``window`` block of input pixels, a multiple of 32: :class:`DahlResNet`).
 
     ``forward(image)``: (B, 1, H, W) canonical images at full resolution (the breast's bounding box)
     -> :class:`DahlOutput`. The Holistic model sees the image resized to ``input_size``; the ROI,
@@ -241,14 +275,19 @@ class DahlClassifier(nn.Module):
         top_fraction: float = 0.01,
         attention: bool = True,
         backbone: str = "resnet",
+        pool: str = "average",
+        window: int = 256,
     ):
         super().__init__()
         if roi_scale <= 0:
             raise ValueError(f"roi_scale must be positive, got {roi_scale}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.roi_size, self.roi_scale, self.top_fraction = int(roi_size), float(roi_scale), float(top_fraction)
-        self.holistic = classifier(backbone, depth, width)
-        self.attention = classifier(backbone, depth, width) if attention else None
+        cells = window // STRIDE if pool == "window_max" else None
+        self.holistic = classifier(backbone, depth, width, cells)
+        self.attention = classifier(backbone, depth, width, cells) if attention else None  # a copy of it (§4.2)
 
     def init_attention(self) -> None:
         """Start the Attention model from the Holistic model's weights (§4.2)."""

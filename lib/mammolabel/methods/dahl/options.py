@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mammolabel.methods.dahl.network import BACKBONES, DEPTHS
+from mammolabel.methods.dahl.network import BACKBONES, DEPTHS, POOLS, STRIDE
 from mammolabel.training.options import TrainOptions
 
 STAGES = ("holistic", "attention", "both")
@@ -46,6 +46,12 @@ class DahlOptions(TrainOptions):
         attention_epochs: epochs of the attention stage (0: the same as ``epochs``).
         patches: start the Holistic model from a ``pretrain_patches`` checkpoint (Shen et al.; not in the
             paper): ``auto`` (the model folder's, when there is one), a path, or empty (none).
+        pool: ``average`` (the paper's global average pooling) or ``window_max``: the Holistic model
+            classifies every ``window`` x ``window`` block of its input (stride 32 pixels) and answers its
+            most suspicious block, as the patch classifier of ``pretrain_patches`` slid over the film
+            (not in the paper; give ``window`` the patches' ``patch_size`` and an input near the film's
+            own resolution).
+        window: side of the pooled block in input pixels (a multiple of 32).
     """
 
     stage: str = "both"
@@ -66,6 +72,8 @@ class DahlOptions(TrainOptions):
     rotate_deg: float = 10.0
     attention_epochs: int = 0
     patches: str = ""
+    pool: str = "average"
+    window: int = 256
 
     def problems(self) -> list[str]:
         problems = []
@@ -82,13 +90,17 @@ class DahlOptions(TrainOptions):
             problems.append("roi_scale and lr must be positive")
         if not 0 < self.top_fraction <= 1:
             problems.append("top_fraction must lie in (0, 1]")
+        if self.pool not in POOLS:
+            problems.append(f"pool must be one of {', '.join(POOLS)}")
+        elif self.pool == "window_max" and (self.backbone != "resnet" or self.window < STRIDE or self.window % STRIDE):
+            problems.append(f"pool=window_max needs backbone=resnet and a window that is a multiple of {STRIDE}")
         return problems
 
     def network(self, attention: bool) -> dict[str, Any]:
         """Keyword arguments of :class:`~mammolabel.methods.dahl.network.DahlClassifier` (a checkpoint's network)."""
         return {"depth": self.depth, "width": self.width, "input_size": [self.input_rows, self.input_cols],
                 "roi_size": self.roi_size, "roi_scale": self.roi_scale, "top_fraction": self.top_fraction,
-                "attention": attention, "backbone": self.backbone}
+                "attention": attention, "backbone": self.backbone, "pool": self.pool, "window": self.window}
 
     def frame(self) -> dict[str, Any]:
         """The Holistic model's input frame: the breast's bounding box resized to ``input_rows`` x ``input_cols``."""

@@ -166,8 +166,9 @@ class Run:
 
     def stage(self, stage: str, model: DahlClassifier, trained: torch.nn.Module, images: list[torch.Tensor],
               validate: Callable[[DahlClassifier], dict[str, float]], epochs: int, network: dict[str, Any],
-              identity: dict[str, Any], init: Path | None = None) -> FitResult:
-        """Train ``trained`` (the part of ``model`` named ``stage``) on ``images`` into the stage's file."""
+              identity: dict[str, Any], init: Path | None = None, select_start: bool = False) -> FitResult:
+        """Train ``trained`` (the part of ``model`` named ``stage``) on ``images`` into the stage's file
+        (``select_start``: the starting weights compete in model selection)."""
         size = tuple(images[0].shape[-2:])
         transform = augmentation(self.opts, size) if self.opts.augment else None
         batches, steps = loader(LabelledImages(images, self.train_truth, self.opts.target, transform), self.opts, stage)
@@ -180,7 +181,8 @@ class Run:
 
         optimizer = torch.optim.Adam(trained.parameters(), lr=self.opts.lr, weight_decay=self.opts.weight_decay)
         return fit(model, optimizer, batches, steps, step, validate, selection_metric(self.val_truth),
-                   stage_path(self.out, stage), self.opts.fit_options(epochs), meta=self.fields(stage, network),
+                   stage_path(self.out, stage), self.opts.fit_options(epochs, select_start),
+                   meta=self.fields(stage, network),
                    desc=stage, identity=identity, init=init or self.init)
 
 
@@ -198,11 +200,14 @@ def train_holistic(run: Run) -> FitResult:
         return risk_metrics(risks_of(model.holistic, val_images, opts.batch_size), run.val_truth)
 
     # patch pretraining (when asked) gives the starting weights, else the fine-tuned checkpoint
-    start = resolve_patches(opts.patches, run.out.parent) or run.init
+    patches = resolve_patches(opts.patches, run.out.parent)
+    start = patches or run.init
     # the attention-only options do not concern this stage: changing them keeps its saved run
     identity = run.identity("holistic", {k: v for k, v in network.items() if k not in ATTENTION_ONLY},
                             {k: v for k, v in opts.to_dict().items() if k not in ATTENTION_ONLY}, start)
-    return run.stage("holistic", model, model.holistic, images, validate, opts.epochs, network, identity, start)
+    # the patch classifier itself (slid over the film with pool=window_max) competes with its fine-tuned epochs
+    return run.stage("holistic", model, model.holistic, images, validate, opts.epochs, network, identity, start,
+                     select_start=patches is not None)
 
 
 def roi_inputs(model: DahlClassifier, records: list[ImageLabels], desc: str) -> tuple[list[torch.Tensor], list[float]]:
