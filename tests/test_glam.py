@@ -421,3 +421,27 @@ def test_benchmark_hooks_build_the_papers_configuration(tmp_path):
     assert ckpt["stage"] == "joint" and (ckpt["options"]["rows"], ckpt["options"]["cols"]) == (2944, 1920)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in module.parameters())
     assert set(ckpt["thresholds"]) == {"global", "local", "fused"}
+
+
+def test_the_local_module_starts_from_a_patch_classifier_of_its_depth_and_width(phantom_copy, tmp_path):
+    from mammolabel.methods.dahl.network import DahlClassifier
+    from mammolabel.methods.glam.training import init_local_from_patches
+    from mammolabel.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    patch_classifier = DahlClassifier(depth=18, width=4, attention=False)
+    patches = tmp_path / "model" / "pretrain_patches.pt"
+    save_checkpoint(patches, patch_classifier, network={"depth": 18, "width": 4})
+    net = GlamNet(tiny_config())
+    assert init_local_from_patches(net, patches) == len(net.local_module.trunk.state_dict())
+    resnet = patch_classifier.holistic.net
+    assert torch.equal(net.local_module.trunk.stem[0].weight, resnet.conv1.weight)
+    assert torch.equal(net.local_module.trunk.stages[3][1].conv2.weight, resnet.layer4[1].conv2.weight)
+    with pytest.raises(InputError, match="local_depth and local_width must be"):
+        init_local_from_patches(GlamNet(tiny_config(local_width=8)), patches)
+
+    out = tmp_path / "model" / "glam_segmentation.pt"
+    _train(phantom_copy, out, stage="global")
+    _train(phantom_copy, out, stage="local", patches="auto")  # the model folder's pretrain_patches.pt
+    local = load_checkpoint(stage_path(out, "local"))
+    assert local["run"]["patches"] == file_digest(patches) and local["options"]["patches"] == "auto"

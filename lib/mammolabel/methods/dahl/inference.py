@@ -25,7 +25,7 @@ from mammolabel.methods.dahl.analysis import LABELS, MODELS, Analysis, analyse, 
 from mammolabel.methods.dahl.evaluation import evaluation_row, summarise_rows
 from mammolabel.methods.dahl.network import DahlClassifier, exam_risk
 from mammolabel.methods.dahl.options import DahlOptions
-from mammolabel.methods.dahl.patches import PatchOptions, pretrain_patches
+from mammolabel.methods.dahl.patches import PATCH_TRAINER
 from mammolabel.methods.dahl.training import train_classifier
 from mammolabel.training.checkpoint import method_fields
 from mammolabel.training.options import coerce
@@ -88,17 +88,7 @@ class DahlMethod(Method):
     infer_options = {"exam": True}
     rank_key = "confidence"
     trainers = (
-        Trainer(
-            name="pretrain_patches",
-            description="Lesion-versus-tissue patch classifier at full resolution (Shen et al.), whose weights "
-            "start the Holistic model (train_classifier patches=auto)",
-            options=PatchOptions,
-            #: The cpu preset's classifier (ResNet-18 of width 16) on 256 px patches at the film's resolution.
-            cpu_preset={"depth": 18, "width": 16, "patch_size": 256, "batch_size": 16, "epochs": 6},
-            run=pretrain_patches,
-            checkpoint="pretrain_patches",
-            optional=True,
-        ),
+        PATCH_TRAINER,
         Trainer(
             name="train_classifier",
             description="Dahl et al. Holistic then Attention ResNet classifier from image-level findings",

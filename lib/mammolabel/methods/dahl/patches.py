@@ -9,6 +9,9 @@ model) from these weights. Lesion patches are centred on each located lesion (it
 shift of up to half its radius; tissue patches come from the breast of every film, away from every
 located lesion, never from films whose lesions have no location. Patches are cut once (seeded) at
 full resolution; each epoch flips and turns them (MONAI ``RandFlipd``, ``RandRotate90d``).
+
+The stage is shared: GLAM's recipe runs it too (:data:`PATCH_TRAINER` is an optional trainer of both
+methods), and ``train_glam --set patches=auto`` starts its local module from the patch classifier's ResNet.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from monai.transforms import Compose, EnsureTyped, RandFlipd, RandRotate90d
 from torch.utils.data import DataLoader, Dataset
 
 from mammolabel.breast import segment_breast
+from mammolabel.methods.contract import Trainer
 from mammolabel.data.datastore import LabelInventory
 from mammolabel.data.labels import ImageLabels
 from mammolabel.data.split import split_by_patient
@@ -194,3 +198,17 @@ def resolve_patches(value: str, model_dir: Path) -> Path | None:
     if not Path(text).is_file():
         raise InputError(f"patches: checkpoint not found: {text} (use 'auto', 'none' or a path)")
     return Path(text)
+
+
+#: The shared optional stage (a trainer of the Dahl and the GLAM methods); one checkpoint, ``pretrain_patches.pt``.
+PATCH_TRAINER = Trainer(
+    name=NAME,
+    description="Lesion-versus-tissue patch classifier at full resolution (Shen et al.), whose weights start the "
+                "Holistic model (train_classifier patches=auto) and GLAM's local module (train_glam patches=auto)",
+    options=PatchOptions,
+    #: The cpu presets' ResNet-18 of width 16 (the Dahl models' and GLAM's local module's) on 256 px patches.
+    cpu_preset={"depth": 18, "width": 16, "patch_size": 256, "batch_size": 16, "epochs": 6},
+    run=pretrain_patches,
+    checkpoint=NAME,
+    optional=True,
+)

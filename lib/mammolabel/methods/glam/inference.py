@@ -27,6 +27,7 @@ from mammolabel.errors import InputError
 from mammolabel.io import boxes_from_canonical, canonicalise, from_canonical, read_label, read_mammogram
 from mammolabel.io.prediction import Prediction
 from mammolabel.methods.contract import Method, PredictContext, Trainer
+from mammolabel.methods.dahl.patches import PATCH_TRAINER
 from mammolabel.methods.glam.network import CLASSES, GlamConfig, GlamInference, GlamNet
 from mammolabel.methods.glam.options import GlamOptions
 from mammolabel.methods.glam.predict import MAPS, SERVED_MAP, STAGE_MAPS, STAGE_OUTPUT, draw_outlines, run_glam, segment
@@ -76,7 +77,7 @@ class GlamMethod(Method):
     labels = LABELS
     infer_options = {"saliency": "", "threshold_benign": "", "threshold_malignant": ""}
     rank_key = "dice"
-    trainers = (Trainer(
+    trainers = (PATCH_TRAINER, Trainer(
         name="train_glam",
         description="Train GLAM (Liu et al.): global, local and joint stages from image-level findings",
         options=GlamOptions,

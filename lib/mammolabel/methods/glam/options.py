@@ -24,6 +24,9 @@ class GlamOptions(TrainOptions):
         joint_lr: of the joint stage. batch_size. augment: random vertical flips.
         small_radius_px: lesions with a smaller equivalent radius (pixels of the stored image)
         count as small in the evaluation (30 px: 6 mm on the 200 um MIAS films).
+        patches: start the local module's ResNet from a ``pretrain_patches`` checkpoint of the same depth and
+            width (Shen et al.; not in the paper, whose local module starts from ImageNet): ``auto`` (the
+            model folder's, when there is one), a path, or empty (none).
     """
 
     rows: int = 2944
@@ -46,6 +49,7 @@ class GlamOptions(TrainOptions):
     batch_size: int = 4
     augment: bool = True
     small_radius_px: float = 30.0
+    patches: str = ""
 
     def problems(self) -> list[str]:
         problems = []

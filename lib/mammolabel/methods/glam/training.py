@@ -37,6 +37,7 @@ from monai.transforms import Compose, EnsureTyped, RandFlipd
 from torch.utils.data import DataLoader, Dataset
 
 from mammolabel.data.datastore import LabelInventory
+from mammolabel.methods.dahl.patches import resolve_patches
 from mammolabel.data.dataset import Sample, prepare_all
 from mammolabel.data.split import split_by_patient
 from mammolabel.errors import InputError
@@ -47,7 +48,7 @@ from mammolabel.methods.glam.predict import STAGE_MAPS, STAGE_OUTPUT, stage_maps
 from mammolabel.metrics import auc
 from mammolabel.training.checkpoint import load_checkpoint, method_fields, save_checkpoint
 from mammolabel.training.loop import fit, resolve_device
-from mammolabel.training.stages import generator, run_identity, seed_for, stage_path
+from mammolabel.training.stages import file_digest, generator, run_identity, seed_for, stage_path
 
 logger = logging.getLogger("mammolabel")
 
@@ -199,6 +200,31 @@ def _start_from_previous(net: GlamNet, out: Path, stage: str) -> Path | None:
     return path
 
 
+def init_local_from_patches(net: GlamNet, path: Path) -> int:
+    """Copy the ResNet of a ``pretrain_patches`` checkpoint into the local module's trunk; return tensors copied.
+
+    The patch classifier is a MONAI ResNet (``conv1``, ``bn1``, ``layer1``-``layer4``) with the trunk's blocks;
+    only its strides differ (the local module keeps stride 4), which no weight depends on. Every trunk tensor
+    must be supplied with its shape (the same depth and width), otherwise a clear error is raised.
+    """
+    state = load_checkpoint(path)["model"]
+    renamed = {"stem.0.": "holistic.net.conv1.", "stem.1.": "holistic.net.bn1.",
+               **{f"stages.{i}.": f"holistic.net.layer{i + 1}." for i in range(len(net.local_module.trunk.stages))}}
+    ours = net.local_module.trunk.state_dict()
+    found = {}
+    for key, value in ours.items():
+        prefix = next((p for p in renamed if key.startswith(p)), None)
+        theirs = state.get(renamed[prefix] + key[len(prefix):]) if prefix else None
+        if theirs is not None and theirs.shape == value.shape:
+            found[key] = theirs
+    if len(found) < len(ours):
+        raise InputError(f"patches: {path} does not fit the local module (local_depth and local_width must be "
+                         f"pretrain_patches' depth and width): {len(found)} of {len(ours)} tensors fit")
+    net.local_module.trunk.load_state_dict(found)
+    logger.info(f"glam local: the local module's ResNet starts from {path} ({len(found)} tensors)")
+    return len(found)
+
+
 def _run_stage(net: GlamNet, stage: str, train: GlamDataset, val: GlamDataset, options: GlamOptions, out: Path,
                fields: dict[str, Any], identity: dict[str, Any], init: Path | None) -> dict[str, Any]:
     """Train one stage into its stage file; return its summary with the thresholds chosen on validation."""
@@ -290,11 +316,15 @@ def train_glam(inventory: LabelInventory, options: GlamOptions, out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     network, frame, opts = asdict(net.config), options.frame(), options.to_dict()
     train_ids, val_ids = [r.image_id for r in train_records], [r.image_id for r in val_records]
+    patches = resolve_patches(options.patches, out.parent)
     summary = []
     for stage in run:
         previous = _start_from_previous(net, out, stage)
+        if stage == "local" and patches is not None:
+            init_local_from_patches(net, patches)
         identity = run_identity(NAME, stage, network, frame, opts, train_ids, val_ids,
-                                started_from=previous or init)
+                                started_from=previous or init,
+                                patches=file_digest(patches) if patches and stage == "local" else None)
         fields = method_fields(NAME, network, frame, opts, stage, {}, val_ids, report, train_images=train_ids)
         summary.append(_run_stage(net, stage, train, val, options, out, fields, identity,
                                   init if stage == "global" else None))
