@@ -131,15 +131,21 @@ def test_a_few_steps_reduce_the_loss_on_a_tiny_batch():
     net = DahlResNet(depth=10, width=8)
     x, y = torch.rand(4, 1, 64, 64), torch.tensor([0, 1, 0, 1])
     x[y == 1, :, 20:40, 20:40] += 1.0  # positives carry a bright square
+    losses = train_steps(net, x, y)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def train_steps(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 8) -> list[float]:
+    """The cross-entropy losses of ``steps`` Adam steps on one batch."""
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(steps):
         optimizer.zero_grad()
         loss = F.cross_entropy(net(x), y)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0]
+    return losses
 
 
 def test_window_max_pooling_answers_the_most_suspicious_window_and_learns():
@@ -158,15 +164,7 @@ def test_window_max_pooling_answers_the_most_suspicious_window_and_learns():
 
     x, y = torch.rand(4, 1, 128, 128), torch.tensor([0, 1, 0, 1])
     x[y == 1, :, 70:100, 10:40] += 1.0  # positives carry a bright square in one corner
-    pooled.train()
-    optimizer = torch.optim.Adam(pooled.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(pooled(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(pooled.train(), x, y)
     assert losses[-1] < 0.7 * losses[0]
 
 

@@ -219,12 +219,7 @@ def fit(
 
         total, count = distributed.mean_over_ranks(total, count)
         digests = distributed.check_in_sync(model, desc) if world > 1 else None
-        model.eval()
-        metrics = None
-        if distributed.is_main():
-            with torch.no_grad():
-                metrics = {k: float(v) for k, v in validate(model).items()}
-        metrics = distributed.broadcast(metrics)
+        metrics = _validated(model, validate)
         value = metrics.get(metric, -math.inf)
         improved = value > best or not have_best
         have_best = True
@@ -253,15 +248,20 @@ def fit(
     return FitResult(str(out), best, best_epoch + 1, len(history), history)
 
 
-def _validate_start(model: torch.nn.Module, validate: ValidateFn, metric: str, out: Path, meta: dict[str, Any]
-                    ) -> tuple[float, int, list[dict[str, float]]]:
-    """Validate the starting weights and keep them as the best so far (epoch 0 of the history)."""
+def _validated(model: torch.nn.Module, validate: ValidateFn) -> dict[str, float]:
+    """The validation metrics of ``model`` (in eval mode), computed by rank 0 and given to every rank."""
     model.eval()
     metrics = None
     if distributed.is_main():
         with torch.no_grad():
             metrics = {k: float(v) for k, v in validate(model).items()}
-    metrics = distributed.broadcast(metrics)
+    return distributed.broadcast(metrics)
+
+
+def _validate_start(model: torch.nn.Module, validate: ValidateFn, metric: str, out: Path, meta: dict[str, Any]
+                    ) -> tuple[float, int, list[dict[str, float]]]:
+    """Validate the starting weights and keep them as the best so far (epoch 0 of the history)."""
+    metrics = _validated(model, validate)
     best = metrics.get(metric, -math.inf)
     history = [{"epoch": 0, **metrics}]
     save_checkpoint(out, model, **meta, epoch=-1, best_metric=best, best_epoch=-1, history=history)
