@@ -96,3 +96,12 @@ def test_paired_difference_resamples_patients_for_both_reports():
     assert hits["difference"] == 0.5 and hits["films"] == 20 and hits["where"] == "small"
     with pytest.raises(InputError, match="share no film"):
         paired_difference(report, {"rows": [{**rows[0], "image_id": "x"}]}, "auc_normal_vs_abnormal")
+
+
+def test_malignant_vs_rest_ranks_malignant_films_against_benign_and_normal_ones():
+    from mammolabel.evaluation.intervals import statistics
+
+    rows = [{"finding": f, "score": s} for f, s in
+            (("malignant", 0.9), ("malignant", 0.6), ("benign", 0.7), ("normal", 0.1), ("normal", 0.5))]
+    assert statistics("hit")["auc_malignant_vs_rest"](rows) == pytest.approx(5 / 6)  # 5 of 6 pairs in order
+    assert statistics("hit")["auc_malignant_vs_rest"]([r for r in rows if r["finding"] != "malignant"]) is None

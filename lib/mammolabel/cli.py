@@ -295,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("first", type=Path, help="crossval.json")
     s.add_argument("second", type=Path, help="crossval.json (the same films; the same report for two models)")
     s.add_argument("--figure", default="auc_normal_vs_abnormal",
-                   choices=("auc_normal_vs_abnormal", "auc_benign_vs_malignant", "lesions_found", "hit_rate",
-                            "dice_mean"))
+                   choices=("auc_normal_vs_abnormal", "auc_malignant_vs_rest", "auc_benign_vs_malignant",
+                            "lesions_found", "hit_rate", "dice_mean"))
     s.add_argument("--keys", "--scores", help="the row keys the figure is computed from in each report (default: "
                    "the figure's own), e.g. ensemble_score,holistic_score or hit,hit_cam")
     s.add_argument("--where", help="only the films whose row has this key true, e.g. small")

@@ -129,7 +129,8 @@ def patients_of(report: dict[str, Any]) -> dict[str, str]:
 
 
 #: Row keys each compared figure is computed from (``keys`` of :func:`paired_difference` stand in for them).
-FIGURE_KEYS = {"auc_normal_vs_abnormal": ("score", "abnormal_score"), "auc_benign_vs_malignant": ("score",),
+FIGURE_KEYS = {"auc_normal_vs_abnormal": ("score", "abnormal_score"), "auc_malignant_vs_rest": ("score",),
+               "auc_benign_vs_malignant": ("score",),
                "lesions_found": ("hit",), "hit_rate": ("hit",), "dice_mean": ("dice",)}
 
 

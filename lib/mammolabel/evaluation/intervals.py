@@ -30,10 +30,17 @@ def _mean(rows: Rows, key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _malignant_vs_rest(rows: Rows) -> float | None:
+    """AUC of the malignancy ``score`` for malignant films against all others (benign and normal)."""
+    scored = [r for r in rows if r.get("score") is not None and r.get("finding")]
+    return auc([float(r["score"]) for r in scored], [r["finding"] == "malignant" for r in scored])
+
+
 def statistics(key: str) -> dict[str, Callable[[Rows], float | None]]:
     """The figures reported for a task whose lesion-found row key is ``key``."""
     return {
         "auc_normal_vs_abnormal": lambda rows: auc(*score_sets(rows)["normal_vs_abnormal"]),
+        "auc_malignant_vs_rest": _malignant_vs_rest,
         "auc_benign_vs_malignant": lambda rows: auc(*score_sets(rows)["benign_vs_malignant"]),
         "lesions_found": lambda rows: _found(rows, key),
         "hit_rate": lambda rows: _mean(rows, "hit"),

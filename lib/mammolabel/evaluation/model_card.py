@@ -43,7 +43,8 @@ NOTES = {
                          "step leaves 99.9 % of the labelmap and the answered probabilities within 0.01; the "
                          "global module's own probability moves by up to 0.03 (`tests/test_zoo.py`).",
 }
-SHOWN = ("auc_normal_vs_abnormal", "auc_benign_vs_malignant", "lesions_found", "hit_rate", "dice_mean")
+SHOWN = ("auc_normal_vs_abnormal", "auc_malignant_vs_rest", "auc_benign_vs_malignant", "lesions_found", "hit_rate",
+         "dice_mean")
 CROSSVAL_DIR = MODELS_DIR.parent / "docs" / "results" / "crossval"
 #: The cross-validation report (``CROSSVAL_DIR``) of the recipe each ``mias`` checkpoint is trained with.
 RECIPES = {"classification": "classification_patches_full.json", "localization": "localization.json",
