@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -9,6 +11,8 @@ from mammolabel.training.checkpoint import load_checkpoint, save_checkpoint
 from mammolabel.training.loop import load_matching
 from mammolabel.errors import InputError
 from mammolabel.evaluation.intervals import bootstrap, interval_summary
+from mammolabel.evaluation.model_card import recipe_report
+from mammolabel.evaluation.train_zoo import RUN_OPTIONS
 from mammolabel.tasks import infer_tasks, train_tasks
 from mammolabel.tasks.train import PRESETS
 from mammolabel.zoo import MODELS_DIR, checkpoint_paths, choose_kind, data_kind, describe
@@ -87,10 +91,28 @@ def test_every_shipped_checkpoint_is_small_stamped_and_carded(task, kind):
     path = MODELS_DIR / f"{task}.{kind}.pt"
     assert path.is_file() and path.stat().st_size <= 10_000_000
     ckpt = load_checkpoint(path)
-    assert ckpt["upgraded_from"] == 2 and ckpt["preset"] == "cpu" and ckpt["created"] and ckpt["trained_on"]["labels"]
+    # demo checkpoints date from schema 2 (upgraded on load); the mias ones are retrained with their recipes
+    assert ckpt.get("upgraded_from") == (2 if kind == "demo" else None)
+    assert ckpt["preset"] == "cpu" and ckpt["created"] and ckpt["trained_on"]["labels"]
     assert "optimizer" not in ckpt
     card = (MODELS_DIR / f"{task}.md").read_text()
     assert f"{task}.{kind}.pt" in card and "Not for clinical decisions" in card and "95%" in card
+
+
+@pytest.mark.parametrize("task", NETWORK_TASKS)
+def test_each_mias_checkpoint_is_trained_with_the_recipe_its_card_cross_validates(task):
+    record = json.loads((MODELS_DIR / f"{task}.mias.json").read_text())
+    report = recipe_report(task)
+    assert record["train_tasks"] == report["train_tasks"]
+    recipe = report["options"][report["train_tasks"][-1]]
+    differs = {k: (record["options"].get(k), v) for k, v in recipe.items()
+               if k not in RUN_OPTIONS and record["options"].get(k) != v}
+    assert not differs
+    card = (MODELS_DIR / f"{task}.md").read_text()
+    pooled = report["out_of_fold"]
+    assert "Cross-validated figures of the `mias` recipe" in card and report["command"] in card
+    first = next(name for name in ("auc_normal_vs_abnormal", "dice_mean") if name in pooled)
+    assert f"{pooled[first]['value']:.3f}" in card
 
 
 def test_bootstrap_intervals_resample_patients_and_contain_the_estimate():
