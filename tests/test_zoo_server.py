@@ -17,6 +17,8 @@ from monailabel.client import MONAILabelClient
 from helpers import labelmap_from
 from mammolabel.data.phantoms import write_phantom_study
 from mammolabel.server_process import ServerProcess
+from mammolabel.training.checkpoint import load_checkpoint
+from mammolabel.training.stages import file_digest
 from mammolabel.zoo import MODELS_DIR
 
 pytestmark = pytest.mark.server
@@ -95,7 +97,6 @@ def test_fine_tuning_from_the_client_leaves_the_shipped_file_and_serves_the_new_
         time.sleep(2)
     assert site.exists(), (fresh.log_path.read_text())[-3000:]
     assert hashlib.sha256(shipped.read_bytes()).hexdigest() == digest
-    from mammolabel.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(site)
     assert ckpt["started_from"] == shipped.name and ckpt["preset"] == "cpu" and ckpt["train_task"] == train
@@ -103,6 +104,27 @@ def test_fine_tuning_from_the_client_leaves_the_shipped_file_and_serves_the_new_
     assert stats["stage"] and stats["epoch"] == 1 and "eta_s" in stats and stats["latest"]["epoch"] == 1
     r = requests.post(f"{fresh.url}/infer/{task}?image=phantom_000&output=json", timeout=120)
     assert r.status_code == 200 and r.json()["checkpoint"]["source"] == "site-trained", r.text
+
+
+def test_pretrain_patches_over_http_starts_the_window_max_holistic_model(fresh):
+    patches = fresh.model_dir / "pretrain_patches.pt"
+    patches.unlink(missing_ok=True)
+    net = {"depth": 10, "width": 4, "epochs": 1, "val_fraction": 0.5, "resume": False, "device": "cpu"}
+    r = requests.post(f"{fresh.url}/train/pretrain_patches?run_sync=true",
+                      json={**net, "patch_size": 64, "batch_size": 8}, timeout=300)
+    assert r.status_code == 200, r.text
+    assert load_checkpoint(patches)["stage"] == "pretrain_patches"
+    params = {**net, "input_rows": 96, "input_cols": 80, "batch_size": 4, "target": "abnormal", "stage": "holistic",
+              "patches": "auto", "pool": "window_max", "window": 64}
+    r = requests.post(f"{fresh.url}/train/train_classifier?run_sync=true", json=params, timeout=300)
+    assert r.status_code == 200, r.text
+    ckpt = load_checkpoint(fresh.model_dir / "classification.pt")
+    assert ckpt["run"]["started_from"] == file_digest(patches)  # the Holistic model started from the patches
+    assert ckpt["network"]["pool"] == "window_max" and ckpt["history"][0]["epoch"] == 0  # the start competed
+    result = requests.post(f"{fresh.url}/infer/classification?image=phantom_002&output=json", timeout=120).json()
+    assert result["model_used"] == "holistic" and 0 < result["holistic_probability"] < 1
+    r = requests.post(f"{fresh.url}/train/train_classifier?run_sync=true", json={**params, "window": 50}, timeout=60)
+    assert r.status_code == 400 and "multiple of 32" in r.text
 
 
 def test_a_mias_datastore_is_served_with_the_mias_checkpoints(mias_datastore, tmp_path):
