@@ -123,4 +123,3 @@ def test_train_over_http_writes_the_checkpoint_the_task_serves(server):
     assert r.status_code == 400 and "needs both malignant and other images" in r.text
     r = requests.post(f"{server.url}/train/train_classifier?run_sync=true", json={"depth": "deep"}, timeout=60)
     assert r.status_code == 400 and "depth" in r.text
-
