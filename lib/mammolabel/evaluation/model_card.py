@@ -47,9 +47,9 @@ SHOWN = ("auc_normal_vs_abnormal", "auc_malignant_vs_rest", "auc_benign_vs_malig
          "dice_mean")
 CROSSVAL_DIR = MODELS_DIR.parent / "docs" / "results" / "crossval"
 #: The cross-validation report (``CROSSVAL_DIR``) of the recipe each ``mias`` checkpoint is trained with.
-RECIPES = {"classification": "classification_patches_full.json", "localization": "localization.json",
-           "discriminative_segmentation": "discriminative_segmentation.json",
-           "hybrid_segmentation": "hybrid_segmentation.json", "glam_segmentation": "glam_segmentation.json"}
+RECIPES = {"classification": "classification_window_both.json", "localization": "localization.json",
+           "discriminative_segmentation": "discriminative_segmentation_scratch.json",
+           "hybrid_segmentation": "hybrid_segmentation.json", "glam_segmentation": "glam_segmentation_patches.json"}
 
 
 def recipe_report(task: str) -> dict[str, Any]:
