@@ -1,7 +1,7 @@
 """The one training loop every MammoLabel method uses, from the CLI and from MONAI Label.
 
-It moves batches to the device (channels_last, and bfloat16 autocast where the device computes it
-natively: :mod:`mammolabel.training.precision`), logs progress
+It moves batches to the device (channels_last, and on request bfloat16 autocast:
+:mod:`mammolabel.training.precision`), logs progress
 with an ETA, validates every epoch, keeps the best checkpoint at ``out`` and the latest at
 ``out.last.pt`` (both written atomically, with the optimizer state for resuming), and resumes
 from ``out.last.pt`` when the resume rule of :mod:`mammolabel.training.stages` allows it. A run
@@ -44,7 +44,7 @@ class FitOptions:
 
     epochs: int = 10
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "fp32"
     select_start: bool = False  # validate the starting weights too: model selection may keep them (epoch 0)
     channels_last: bool = True
     resume: bool = True
