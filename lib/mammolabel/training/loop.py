@@ -1,6 +1,6 @@
 """The one training loop every MammoLabel method uses, from the CLI and from MONAI Label.
 
-It moves batches to the device (channels_last, and on request bfloat16 autocast:
+It moves batches to the device (channels_last on a GPU or under bf16, and on request bfloat16 autocast:
 :mod:`mammolabel.training.precision`), logs progress
 with an ETA, validates every epoch, keeps the best checkpoint at ``out`` and the latest at
 ``out.last.pt`` (both written atomically, with the optimizer state for resuming), and resumes
@@ -158,7 +158,10 @@ def fit(
     distributed.main_only(lambda: remove_stale_temps(out.parent, names))  # temporary files a kill left
     device = resolve_device(options.device)
     model.to(device)
-    if options.channels_last:
+    run_precision = precision.resolve(options.precision, device)
+    # channels_last on a GPU or under bf16; a default fp32 CPU run keeps the contiguous layout (and its numbers)
+    last = options.channels_last and (device.type == "cuda" or run_precision == "bf16")
+    if last:
         model.to(memory_format=torch.channels_last)
     meta = {**(meta or {}), **({"run": identity} if identity is not None else {})}
     resuming = prepare_resume(out, identity, options.resume) if identity is not None else (
@@ -188,8 +191,7 @@ def fit(
     if options.select_start and not resuming:
         best, best_epoch, history = _validate_start(model, validate, metric, out, meta)
         have_best = True
-    run_precision = precision.resolve(options.precision, device)
-    logger.info(f"{desc}: {run_precision} on {device.type}{', channels_last' if options.channels_last else ''}")
+    logger.info(f"{desc}: {run_precision} on {device.type}{', channels_last' if last else ''}")
     world = distributed.world_size()
     run_step = distributed.parallel_step(model, step, device)
     started = time.monotonic()
@@ -202,7 +204,7 @@ def fit(
             if epoch == start_epoch and count == 3:
                 _warn_if_long(desc, time.monotonic() - started, count,
                               -(-steps_per_epoch // world) * (options.epochs - epoch))
-            batch = to_device(batch, device, options.channels_last)
+            batch = to_device(batch, device, last)
             optimizer.zero_grad(set_to_none=True)
             with precision.autocast(run_precision, device):
                 loss = run_step(batch)
