@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from mammolabel.data.phantoms import write_phantom_study
+from mammolabel.errors import InputError
 from mammolabel.evaluation import benchmark
-from mammolabel.training.checkpoint import save_checkpoint
 from mammolabel.methods.xiong.network import HybridConfig, XiongHybridNet
+from mammolabel.tasks import infer_tasks
+from mammolabel.training.checkpoint import save_checkpoint
+from mammolabel.zoo import shipped_path
 
 
 class Queue(list):
@@ -38,3 +41,16 @@ def test_forward_figures_of_the_served_network(tmp_path, monkeypatch):
         assert entry["latency_s"] > 0 and entry["load_1m"] >= 0
         assert entry["gflops_per_s"] == pytest.approx(figures["flops"] / entry["latency_s"] / 1e9, abs=0.1)
     assert figures["speedup"]["fp32"] == 1.0 and figures["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("preset,kind", [("cpu", "demo"), ("mias", "mias")])
+def test_presets_serve_the_shipped_checkpoints(tmp_path, preset, kind):
+    task_cls = infer_tasks()["classification"]
+    benchmark.write_checkpoint(task_cls, tmp_path, preset)
+    served = (tmp_path / "classification.pt").read_bytes()
+    assert served == shipped_path("classification", kind).read_bytes()
+
+
+def test_an_unknown_preset_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="presets: cpu, mias, paper"):
+        benchmark.write_checkpoint(infer_tasks()["classification"], tmp_path, "gpu")

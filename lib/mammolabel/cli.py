@@ -313,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--task", action="append", help="only these tasks (repeatable)")
     s.add_argument("--quick", action="store_true", help="fewer repeats (for tests)")
-    s.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
-                   help="cpu: the shipped (cpu preset) checkpoints; paper: the papers' configurations, random weights")
+    s.add_argument("--preset", choices=("cpu", "mias", "paper"), default="cpu",
+                   help="cpu: the shipped demo checkpoints (cpu preset); mias: the shipped mias checkpoints; "
+                        "paper: the papers' configurations, random weights")
     s.add_argument("--threads", type=int, help="torch CPU threads of the forward measurements (default: all cores)")
     s.set_defaults(func=_benchmark)
     return p

@@ -53,6 +53,10 @@ def machine() -> dict[str, Any]:
     return info
 
 
+SHIPPED_KIND = {"cpu": "demo", "mias": "mias"}  # benchmark preset -> the shipped checkpoint it serves
+PRESETS = (*SHIPPED_KIND, "paper")
+
+
 def load() -> float:
     """The 1-minute load average."""
     return round(os.getloadavg()[0], 2)
@@ -60,16 +64,18 @@ def load() -> float:
 
 def write_checkpoint(task_cls: type, model_dir: str | os.PathLike, preset: str) -> None:
     """The checkpoint every measurement of a task serves: ``cpu``, the shipped demo checkpoint (the cpu preset,
-    trained); ``paper``, the paper's configuration with random weights (timing needs no training)."""
+    trained on phantoms); ``mias``, the shipped mias checkpoint (its cross-validated recipe, which may read the
+    film at a higher resolution); ``paper``, the paper's configuration with random weights (timing needs no
+    training)."""
     from mammolabel.zoo import shipped_path
 
-    shipped = shipped_path(task_cls.name, "demo")
-    if preset == "cpu" and shipped:
+    shipped = shipped_path(task_cls.name, SHIPPED_KIND.get(preset, ""))
+    if shipped:
         shutil.copyfile(shipped, Path(model_dir) / f"{task_cls.name}.pt")
     elif preset == "paper":
         task_cls.write_benchmark_checkpoint(model_dir)
     else:
-        raise InputError(f"benchmark: no {preset!r} checkpoint for {task_cls.name} (presets: cpu, paper)")
+        raise InputError(f"benchmark: no {preset!r} checkpoint for {task_cls.name} (presets: {', '.join(PRESETS)})")
 
 
 def flops(module: torch.nn.Module, shape: tuple[int, ...]) -> int:

@@ -115,20 +115,27 @@ def _crossval(task: str) -> list[str]:
     ]
 
 
+BENCHMARK_PRESETS = {"demo": "cpu", "mias": "mias"}  # kind -> `mammolabel benchmark --preset P --out benchmarks/P`
+
+
 def _speed(task: str) -> list[str]:
-    """The click latency ``mammolabel benchmark`` measured for the shipped checkpoints (benchmarks/cpu/)."""
-    path = MODELS_DIR.parent / "benchmarks" / "cpu" / f"{task}.json"
-    if not path.is_file():
-        return []
-    report = json.loads(path.read_text())
-    server, forward = report[task]["server"], report[task].get("forward", {})
-    lines = [f"One click (POST /infer on a 1024 x 1024 film, median of 5 warm requests through the real server) "
-             f"answers in {server['latency_s']:.2f} s in {server['precision']} on this 2-core machine "
-             f"(load average {server['load_1m']}; `mammolabel benchmark`, `benchmarks/cpu/{task}.json`)."]
-    if forward:
-        lines[0] += (f" The network's forward: {forward['fp32']['latency_s'] * 1000:.0f} ms in fp32, "
+    """The click latency ``mammolabel benchmark`` measured for each shipped checkpoint."""
+    lines = []
+    for kind, preset in BENCHMARK_PRESETS.items():
+        path = MODELS_DIR.parent / "benchmarks" / preset / f"{task}.json"
+        if not path.is_file():
+            continue
+        report = json.loads(path.read_text())
+        server, forward = report[task]["server"], report[task].get("forward", {})
+        line = (f"`{task}.{kind}.pt`: one click (POST /infer on a 1024 x 1024 film, median of 5 warm requests "
+                f"through the real server) answers in {server['latency_s']:.2f} s in {server['precision']} on this "
+                f"2-core machine (load average {server['load_1m']}; `mammolabel benchmark --preset {preset}`, "
+                f"`benchmarks/{preset}/{task}.json`).")
+        if forward:
+            line += (f" The network's forward: {forward['fp32']['latency_s'] * 1000:.0f} ms in fp32, "
                      f"{forward['bf16_channels_last']['latency_s'] * 1000:.0f} ms in bf16 + channels_last.")
-    return ["## Speed", "", *lines, ""]
+        lines += [line, ""]
+    return ["## Speed", "", *lines] if lines else []
 
 
 def write_card(out_dir: Path, task: str) -> Path:
