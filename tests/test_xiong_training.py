@@ -50,7 +50,8 @@ def test_hybrid_training_learns_uncertain_area_and_masks(tmp_path):
         lift = [r / max(c, 1e-3) for r, c in zip(recall, covered)]
         assert summary["labels"]["weak_boxes_replacing_masks"] > summary["labels"]["strong_masks_used"] > 0
         assert min(loss[-2:]) < loss[0], (seed, loss)
-        assert max(lift) > min_lift and recall[lift.index(max(lift))] > min_recall, (seed, recall, covered)
+        # some epoch's uncertain area is min_lift times denser on the lesions than chance and holds min_recall of them
+        assert any(l > min_lift and r > min_recall for l, r in zip(lift, recall)), (seed, recall, covered)
         starts.append(covered[0])
         dices.append(max(h["dice"] for h in history))
     # The uncertain area can start as the whole image; boxes teach it to shrink around the lesions.

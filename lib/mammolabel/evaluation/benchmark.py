@@ -164,7 +164,8 @@ def _forward(task_name: str, film: str, repeats: int, threads: int, preset: str,
                 network(*inputs, **kwargs)
 
         seconds = _timed(call, repeats)
-        out[name] = {"latency_s": round(seconds, 4), "gflops_per_s": round(out["flops"] / seconds / 1e9, 1),
+        # four significant digits: a small network's forward can take well under a millisecond
+        out[name] = {"latency_s": float(f"{seconds:.4g}"), "gflops_per_s": round(out["flops"] / seconds / 1e9, 1),
                      "load_1m": load()}
     out["speedup"] = {name: round(out["fp32"]["latency_s"] / out[name]["latency_s"], 2) for name, *_ in VARIANTS}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
